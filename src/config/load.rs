@@ -1,0 +1,163 @@
+//! Reading and checking `config.toml`.
+
+use std::path::{Path, PathBuf};
+
+use super::{Config, Secret};
+
+/// A configuration mistake, with the key and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config{location}: {message}")]
+    Parse { location: String, message: String },
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("cannot read `{key}` file `{path}`: {source}")]
+    ReadSecret {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Reads, parses and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut config = load_str(&text).map_err(|err| match err {
+        ConfigError::Parse { location, message } => ConfigError::Parse {
+            location: format!(" `{}`{location}", path.display()),
+            message,
+        },
+        other => other,
+    })?;
+    config.read_secret_files()?;
+    Ok(config)
+}
+
+/// Parses and validates configuration text; files it names are not read.
+pub fn load_str(text: &str) -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|err| parse_error(text, &err))?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn parse_error(text: &str, err: &toml::de::Error) -> ConfigError {
+    let location = match err.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" at line {line}")
+        }
+        None => String::new(),
+    };
+    ConfigError::Parse {
+        location,
+        message: err.message().trim().to_owned(),
+    }
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Checks the constraints that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.source.url.trim().is_empty() {
+            return Err(invalid(
+                "source.url",
+                "is empty; set the URL of the application database",
+            ));
+        }
+        self.source_postgres()?;
+        self.queue_postgres()?;
+        validate_identifier("source.slot", &self.source.slot)?;
+        validate_identifier("source.publication", &self.source.publication)?;
+        validate_identifier("queue.schema", &self.queue.schema)?;
+        if self.delivery.concurrency == 0 {
+            return Err(invalid("delivery.concurrency", "must be at least 1"));
+        }
+        if self.delivery.max_batch == 0 {
+            return Err(invalid("delivery.max_batch", "must be at least 1"));
+        }
+        if self.delivery.timeout.is_zero() {
+            return Err(invalid("delivery.timeout", "must be longer than 0s"));
+        }
+        for (index, endpoint) in self.endpoints.iter().enumerate() {
+            let key = format!("endpoints[{index}]");
+            let url = url::Url::parse(&endpoint.url).map_err(|err| {
+                invalid(&format!("{key}.url"), format!("`{}`: {err}", endpoint.url))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(invalid(
+                    &format!("{key}.url"),
+                    "must start with http:// or https://",
+                ));
+            }
+            if endpoint.secret.is_none() && endpoint.secret_file.is_none() {
+                return Err(invalid(
+                    &key,
+                    "needs `secret_file` (or `secret`) to sign its webhooks",
+                ));
+            }
+            for event in &endpoint.events {
+                if crate::payload::EventKind::from_name(event).is_none() {
+                    return Err(invalid(
+                        &format!("{key}.events"),
+                        format!("unknown event `{event}`; use the names of the webhook documentation, such as `STAGE_CHANGED`"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `source.password_file` and every `endpoints[].secret_file`.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.source.password_file {
+            self.source.password = Some(read_secret("source.password_file", path)?);
+        }
+        for (index, endpoint) in self.endpoints.iter_mut().enumerate() {
+            if let Some(path) = &endpoint.secret_file {
+                let key = format!("endpoints[{index}].secret_file");
+                endpoint.secret = Some(read_secret(&key, path)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadSecret {
+        key: key.to_owned(),
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Secret::new(text.trim_end_matches(['\n', '\r']).to_owned()))
+}
+
+fn validate_identifier(key: &str, value: &str) -> Result<(), ConfigError> {
+    let valid = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !value.starts_with(|c: char| c.is_ascii_digit());
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("`{value}` is not a plain identifier; use lowercase letters, digits and `_`, at most 63 bytes"),
+        ))
+    }
+}

@@ -1,0 +1,5 @@
+//! The streaming replication connection to PostgreSQL.
+
+mod lsn;
+
+pub use lsn::{Lsn, ParseLsnError};

@@ -1,0 +1,133 @@
+//! Webhook subscriptions: who receives which events, where, signed with what.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Secret;
+use crate::payload::EventKind;
+
+/// Identity of a subscription, stable across restarts; part of every `webhook-id`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SubscriptionKey {
+    /// A row of the application's subscriptions table, by its id.
+    App(i64),
+    /// An `[[endpoints]]` entry of config.toml, by a hash of its URL.
+    Endpoint(String),
+}
+
+impl SubscriptionKey {
+    /// Returns the key of the static endpoint with this URL.
+    pub fn for_endpoint(url: &str) -> SubscriptionKey {
+        let digest = Sha256::digest(url.as_bytes());
+        let hex: String = digest[..6]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        SubscriptionKey::Endpoint(hex)
+    }
+
+    /// Parses the text form written by `Display` (`sub_42`, `endpoint_1a2b3c4d5e6f`).
+    pub fn parse(text: &str) -> Option<SubscriptionKey> {
+        if let Some(id) = text.strip_prefix("sub_") {
+            return id.parse().ok().map(SubscriptionKey::App);
+        }
+        text.strip_prefix("endpoint_")
+            .map(|hash| SubscriptionKey::Endpoint(hash.to_owned()))
+    }
+}
+
+impl fmt::Display for SubscriptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubscriptionKey::App(id) => write!(f, "sub_{id}"),
+            SubscriptionKey::Endpoint(hash) => write!(f, "endpoint_{hash}"),
+        }
+    }
+}
+
+/// Whose events a subscription receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Company(i64),
+    Program(i64),
+    /// A static endpoint: the events of every tenant.
+    Everyone,
+}
+
+/// One subscription, as loaded from the application or config.toml.
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    pub key: SubscriptionKey,
+    pub owner: Owner,
+    pub url: String,
+    /// Signing secrets; more than one while a secret rotates.
+    pub secrets: Vec<Secret>,
+    /// Events wanted; `None` means all.
+    pub events: Option<HashSet<EventKind>>,
+    pub enabled: bool,
+}
+
+impl Subscription {
+    /// Tells whether this subscription is enabled and wants `kind`.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.enabled
+            && self
+                .events
+                .as_ref()
+                .is_none_or(|events| events.contains(&kind))
+    }
+}
+
+/// The live set of subscriptions, shared by the router and the delivery workers.
+#[derive(Default)]
+pub struct Subscriptions {
+    by_key: RwLock<HashMap<SubscriptionKey, Arc<Subscription>>>,
+}
+
+impl Subscriptions {
+    /// Returns the subscription with `key`, if it exists.
+    pub fn get(&self, key: &SubscriptionKey) -> Option<Arc<Subscription>> {
+        self.read().get(key).cloned()
+    }
+
+    /// Adds or replaces a subscription.
+    pub fn upsert(&self, subscription: Subscription) {
+        let mut map = self
+            .by_key
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.insert(subscription.key.clone(), Arc::new(subscription));
+    }
+
+    /// Removes a subscription.
+    pub fn remove(&self, key: &SubscriptionKey) {
+        let mut map = self
+            .by_key
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.remove(key);
+    }
+
+    /// Returns the enabled subscriptions of the given owners, and every static
+    /// endpoint, that want `kind`, sorted by key.
+    pub fn matching(&self, owners: &[Owner], kind: EventKind) -> Vec<Arc<Subscription>> {
+        let mut found: Vec<Arc<Subscription>> = self
+            .read()
+            .values()
+            .filter(|sub| sub.wants(kind))
+            .filter(|sub| sub.owner == Owner::Everyone || owners.contains(&sub.owner))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        found
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SubscriptionKey, Arc<Subscription>>> {
+        self.by_key
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
