@@ -83,6 +83,9 @@ impl Config {
         validate_identifier("source.slot", &self.source.slot)?;
         validate_identifier("source.publication", &self.source.publication)?;
         validate_identifier("queue.schema", &self.queue.schema)?;
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(invalid("log.filter", format!("`{}` is not a valid filter: {err}; write it as RUST_LOG, such as \"info,walhook=debug\"", self.log.filter)));
+        }
         if self.delivery.concurrency == 0 {
             return Err(invalid("delivery.concurrency", "must be at least 1"));
         }
@@ -159,5 +162,88 @@ fn validate_identifier(key: &str, value: &str) -> Result<(), ConfigError> {
             key,
             format!("`{value}` is not a plain identifier; use lowercase letters, digits and `_`, at most 63 bytes"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[source]
+url = "postgres://walhook@127.0.0.1/app"
+
+[tables.jobs]
+table = "public.jobs"
+id = "id"
+account = "account_id"
+company = "company_id"
+stage = "stage_id"
+stage_changed_at = "stage_changed_at"
+
+[subscriptions]
+table = "public.webhook_subscriptions"
+id = "id"
+company = "company_id"
+program = "program_id"
+url = "url"
+secret = "secret"
+events = "events"
+enabled = "enabled"
+"#;
+
+    fn error_of(text: &str) -> String {
+        load_str(text).expect_err("config is invalid").to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = load_str(MINIMAL).expect("minimal config is valid");
+        assert_eq!(config.source.slot, "walhook");
+        assert_eq!(config.delivery.retry_schedule.len(), 8);
+        assert_eq!(config.delivery.max_batch, 100);
+        assert!(!config.delivery.allow_private_targets);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = MINIMAL.replace("[tables.jobs]", "[tables.jobs]\nstage_column = \"x\"");
+        let message = error_of(&text);
+        assert!(message.contains("stage_column"), "{message}");
+        assert!(message.contains("line 6"), "{message}");
+    }
+
+    #[test]
+    fn invalid_duration_names_value() {
+        let text = format!("{MINIMAL}\n[delivery]\ntimeout = \"fifteen\"\n");
+        let message = error_of(&text);
+        assert!(message.contains("`fifteen`"), "{message}");
+    }
+
+    #[test]
+    fn zero_batch_is_rejected() {
+        let text = format!("{MINIMAL}\n[delivery]\nmax_batch = 0\n");
+        assert!(error_of(&text).contains("delivery.max_batch"));
+    }
+
+    #[test]
+    fn slot_must_be_plain_identifier() {
+        let text = MINIMAL.replace("[source]\n", "[source]\nslot = \"Walhook-1\"\n");
+        assert!(error_of(&text).contains("source.slot"));
+    }
+
+    #[test]
+    fn endpoint_event_names_are_checked() {
+        let text = format!(
+            "{MINIMAL}\n[[endpoints]]\nurl = \"https://hooks.example.com/x\"\nsecret = \"whsec_AAAA\"\nevents = [\"JOB_DELETED\"]\n"
+        );
+        assert!(error_of(&text).contains("`JOB_DELETED`"));
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let text = format!("{MINIMAL}\n[[endpoints]]\nurl = \"https://hooks.example.com/x\"\nsecret = \"whsec_topsecret\"\n");
+        let config = load_str(&text).expect("valid config");
+        assert!(!format!("{config:?}").contains("topsecret"));
     }
 }

@@ -131,3 +131,33 @@ impl Subscriptions {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+impl Subscription {
+    /// Builds the subscription of an `[[endpoints]]` entry, which receives the
+    /// events of every tenant.
+    pub fn from_endpoint(endpoint: &crate::config::EndpointConfig) -> Subscription {
+        let secrets = endpoint
+            .secret
+            .iter()
+            .flat_map(|secret| secret.expose().split_whitespace())
+            .map(|part| Secret::new(part.to_owned()))
+            .collect();
+        let events: HashSet<EventKind> = endpoint
+            .events
+            .iter()
+            .filter_map(|name| EventKind::from_name(name))
+            .collect();
+        Subscription {
+            key: SubscriptionKey::for_endpoint(&endpoint.url),
+            owner: Owner::Everyone,
+            url: endpoint.url.clone(),
+            secrets,
+            events: if events.is_empty() {
+                None
+            } else {
+                Some(events)
+            },
+            enabled: true,
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The relation cache: table metadata from pgoutput Relation messages.
+//!
+//! PostgreSQL sends a Relation message before the first change of a table in a
+//! session and again whenever its definition changes, so columns are found by
+//! name through the latest message, never by position at start-up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::QualifiedName;
+use crate::pgoutput::{Oid, RelationBody, ReplicaIdentity};
+
+/// One table as the latest Relation message describes it.
+#[derive(Debug)]
+pub struct Relation {
+    pub id: Oid,
+    pub name: QualifiedName,
+    pub replica_identity: ReplicaIdentity,
+    column_names: Vec<String>,
+    key_columns: Vec<bool>,
+    column_index: HashMap<String, usize>,
+}
+
+impl Relation {
+    /// Builds a relation from its pgoutput message.
+    pub fn from_body(body: RelationBody) -> Relation {
+        let key_columns = body.columns.iter().map(|column| column.is_key).collect();
+        let column_names: Vec<String> =
+            body.columns.into_iter().map(|column| column.name).collect();
+        let column_index = column_names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| (name.clone(), index))
+            .collect();
+        Relation {
+            id: body.rel_id,
+            name: QualifiedName {
+                schema: body.namespace,
+                name: body.name,
+            },
+            replica_identity: body.replica_identity,
+            column_names,
+            key_columns,
+            column_index,
+        }
+    }
+
+    /// Returns the position of `column` in this relation's tuples.
+    pub fn column_position(&self, column: &str) -> Option<usize> {
+        self.column_index.get(column).copied()
+    }
+
+    /// Tells whether the column at `position` is part of the replica identity key.
+    pub fn is_key_column(&self, position: usize) -> bool {
+        self.key_columns.get(position).copied().unwrap_or(false)
+    }
+
+    /// Returns the column names in tuple order.
+    pub fn column_names(&self) -> &[String] {
+        &self.column_names
+    }
+}
+
+/// Relations by id, replaced whenever a new Relation message arrives.
+#[derive(Default)]
+pub struct RelationCache {
+    by_id: HashMap<Oid, Arc<Relation>>,
+}
+
+impl RelationCache {
+    /// Stores the relation of a Relation message, replacing any earlier one.
+    pub fn insert(&mut self, body: RelationBody) -> Arc<Relation> {
+        let relation = Arc::new(Relation::from_body(body));
+        self.by_id.insert(relation.id, Arc::clone(&relation));
+        relation
+    }
+
+    /// Returns the relation with `id`, if a Relation message announced it.
+    pub fn get(&self, id: Oid) -> Option<Arc<Relation>> {
+        self.by_id.get(&id).cloned()
+    }
+}

@@ -1,0 +1,113 @@
+//! The command line: `run`, `check`, `setup` and `demo`.
+
+mod check;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ConfigError};
+
+/// Exit status for invalid configuration (`EX_CONFIG` of sysexits.h).
+const EXIT_CONFIG: u8 = 78;
+
+/// Turns PostgreSQL logical replication changes into signed webhooks.
+#[derive(Parser)]
+#[command(name = "walhook", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: stream changes, store deliveries, send webhooks.
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/walhook/config.toml")]
+        config: PathBuf,
+    },
+    /// Verify every prerequisite and print the fix for each failure.
+    Check {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/walhook/config.toml")]
+        config: PathBuf,
+    },
+    /// Create what is missing: queue schema, publication, replication slot.
+    Setup {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/walhook/config.toml")]
+        config: PathBuf,
+        /// Print the SQL instead of running it.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Run the whole pipeline on a throwaway local PostgreSQL cluster and print
+    /// each webhook that arrives.
+    Demo,
+}
+
+/// Parses the arguments and runs the command.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(&config).await,
+        Command::Check { config } => check::run(&config).await,
+        Command::Setup { config, print } => setup::run(&config, print).await,
+        Command::Demo => {
+            crate::ops::logging::init("warn,walhook=info");
+            return match crate::demo::run().await {
+                Ok(code) => code,
+                Err(err) => report(&err),
+            };
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => report(&err),
+    }
+}
+
+async fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    crate::ops::logging::init(&config.log.filter);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "walhook starting");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    crate::pipeline::run(config, shutdown).await?;
+    tracing::info!("walhook stopped");
+    Ok(())
+}
+
+/// Loads the configuration file.
+pub fn load_config(path: &std::path::Path) -> Result<config::Config, ConfigError> {
+    config::load(path)
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop walhook with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received, stopping"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received, stopping"),
+    }
+    shutdown.cancel();
+}
+
+fn report(err: &anyhow::Error) -> ExitCode {
+    eprintln!("walhook: {err:#}");
+    if err.downcast_ref::<ConfigError>().is_some() {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::FAILURE
+    }
+}

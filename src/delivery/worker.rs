@@ -1,0 +1,371 @@
+//! The delivery loop: claim due deliveries, send each in its own task, record
+//! the outcome.
+//!
+//! A semaphore of `delivery.concurrency` permits bounds the requests in
+//! flight across all subscriptions. The loop claims only as many rows as there
+//! are free permits and keeps claiming while requests run, so a slow receiver
+//! holds only its own permits and its own subscription's queue. It wakes when
+//! the enqueue side signals a commit, when a send finishes (the next delivery
+//! of that subscription may now be claimable), or after [`POLL_INTERVAL`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rand::Rng;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::http::{AttemptReport, HttpError, WebhookRequest, WebhookSender};
+use super::retry::{classify, next_delay, AttemptResult, Decision};
+use super::signing::{parse_secrets, SigningKey};
+use crate::config::DeliveryConfig;
+use crate::queue::{AttemptRecord, ClaimedDelivery, DeliveryQueue, NextStep};
+use crate::routing::{Subscription, SubscriptionKey, Subscriptions};
+
+/// Maximum wait between two claims when nothing signals new work. Retries
+/// that come due are found by this poll.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Time added to `delivery.timeout` for the lease of a claimed delivery, so
+/// recording the attempt fits inside the lease. After a crash, the claimed
+/// rows are sent again once their lease ends, so the margin is kept short.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
+/// Pause after a failed claim before the next one.
+const CLAIM_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The delivery workers of one process; [`DeliveryWorkers::run`] drives them.
+pub struct DeliveryWorkers {
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    concurrency: usize,
+    lease: Duration,
+}
+
+/// State that every send task reads.
+struct Shared {
+    client: Arc<Client>,
+    queue: DeliveryQueue,
+    sender: WebhookSender,
+    subscriptions: Arc<Subscriptions>,
+    retry_schedule: Vec<Duration>,
+}
+
+impl DeliveryWorkers {
+    /// Creates the workers. `client` is a queue connection whose connection
+    /// task the caller drives, `schema` is `queue.schema`, and `wake` is the
+    /// `Notify` that the enqueue side signals with `notify_one` after each commit.
+    ///
+    /// NOTE: a delivery whose subscription is missing from `subscriptions` is
+    /// failed, so start the workers only after the subscriptions are loaded.
+    pub fn new(
+        client: Arc<Client>,
+        schema: &str,
+        config: &DeliveryConfig,
+        subscriptions: Arc<Subscriptions>,
+        wake: Arc<Notify>,
+    ) -> Result<DeliveryWorkers, HttpError> {
+        let shared = Shared {
+            client,
+            queue: DeliveryQueue::new(schema),
+            sender: WebhookSender::new(config)?,
+            subscriptions,
+            retry_schedule: config.retry_schedule.clone(),
+        };
+        Ok(DeliveryWorkers {
+            shared: Arc::new(shared),
+            wake,
+            concurrency: config.concurrency.max(1),
+            lease: config.timeout + LEASE_MARGIN,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled, then waits for the requests in
+    /// flight to finish and be recorded. Returns an error when the queue
+    /// connection closes.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut in_flight = JoinSet::new();
+        info!(concurrency = self.concurrency, "delivery workers started");
+
+        let result = loop {
+            if let Err(err) = self.claim_and_spawn(&permits, &mut in_flight).await {
+                if self.shared.client.is_closed() {
+                    break Err(err).context("queue connection closed");
+                }
+                warn!(error = %err, "claiming deliveries failed, retrying");
+                tokio::time::sleep(CLAIM_ERROR_BACKOFF).await;
+            }
+
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                Some(joined) = in_flight.join_next() => log_join_error(joined),
+            }
+        };
+
+        info!(in_flight = in_flight.len(), "delivery workers stopping");
+        while let Some(joined) = in_flight.join_next().await {
+            log_join_error(joined);
+        }
+        info!("delivery workers stopped");
+        result
+    }
+
+    /// Claims as many due deliveries as there are free permits and spawns a
+    /// send task for each.
+    async fn claim_and_spawn(
+        &self,
+        permits: &Arc<Semaphore>,
+        in_flight: &mut JoinSet<()>,
+    ) -> Result<(), tokio_postgres::Error> {
+        while let Some(joined) = in_flight.try_join_next() {
+            log_join_error(joined);
+        }
+        let free = permits.available_permits();
+        if free == 0 {
+            return Ok(());
+        }
+
+        let claimed = self
+            .shared
+            .queue
+            .claim_due(&self.shared.client, free, self.lease)
+            .await?;
+        for delivery in claimed {
+            let permit = Arc::clone(permits)
+                .try_acquire_owned()
+                .expect("no more deliveries are claimed than there are free permits");
+            let shared = Arc::clone(&self.shared);
+            in_flight.spawn(async move {
+                shared.deliver(delivery).await;
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// Makes one attempt of a claimed delivery and records it.
+    async fn deliver(&self, delivery: ClaimedDelivery) {
+        let subscription = match self.find_subscription(&delivery.subscription) {
+            Ok(subscription) => subscription,
+            Err(reason) => return self.fail_unsendable(&delivery, &reason).await,
+        };
+        let keys = match signing_keys(&subscription) {
+            Ok(keys) => keys,
+            Err(message) => return self.fail_unsigned(&delivery, message).await,
+        };
+
+        let request = WebhookRequest {
+            url: &delivery.url,
+            webhook_id: &delivery.webhook_id,
+            body: &delivery.body,
+            keys: &keys,
+        };
+        let report = self.sender.send(&request).await;
+        debug!(
+            delivery_id = delivery.id,
+            subscription = %delivery.subscription,
+            attempt = delivery.attempt,
+            result = ?report.result,
+            duration_ms = report.duration.as_millis(),
+            "delivery attempt finished"
+        );
+
+        let next = self.decide(&delivery, &report).await;
+        self.record(&delivery, &report, next).await;
+    }
+
+    /// Returns the live subscription of a delivery, or why it cannot be sent.
+    fn find_subscription(&self, text: &str) -> Result<Arc<Subscription>, String> {
+        let key = SubscriptionKey::parse(text)
+            .ok_or_else(|| format!("subscription key `{text}` is invalid"))?;
+        let subscription = self
+            .subscriptions
+            .get(&key)
+            .ok_or_else(|| format!("subscription `{key}` no longer exists"))?;
+        if !subscription.enabled {
+            return Err(format!(
+                "subscription `{key}` is disabled in the application"
+            ));
+        }
+        Ok(subscription)
+    }
+
+    /// Turns an attempt's result into the delivery's next step, disabling the
+    /// subscription on 410 Gone.
+    async fn decide(&self, delivery: &ClaimedDelivery, report: &AttemptReport) -> NextStep {
+        match classify(report.result) {
+            Decision::Delivered => NextStep::Delivered,
+            Decision::Retry => self.retry_or_fail(delivery, report),
+            Decision::Disable => {
+                if !self.disable(delivery).await {
+                    return self.retry_or_fail(delivery, report);
+                }
+                // The row stays pending and is held while the subscription is disabled.
+                NextStep::RetryAfter(Duration::ZERO)
+            }
+        }
+    }
+
+    fn retry_or_fail(&self, delivery: &ClaimedDelivery, report: &AttemptReport) -> NextStep {
+        let attempts_made = u32::try_from(delivery.attempt).unwrap_or(u32::MAX);
+        let jitter = rand::thread_rng().gen_range(-1.0..=1.0);
+        let delay = next_delay(
+            attempts_made,
+            &self.retry_schedule,
+            report.retry_after,
+            jitter,
+        );
+        let status = status_of(report.result);
+        let error = report.error.as_deref().unwrap_or("");
+
+        match delay {
+            Some(delay) => {
+                warn!(
+                    delivery_id = delivery.id,
+                    subscription = %delivery.subscription,
+                    attempt = delivery.attempt,
+                    status,
+                    error,
+                    retry_in_ms = delay.as_millis(),
+                    "delivery failed, retrying"
+                );
+                NextStep::RetryAfter(delay)
+            }
+            None => {
+                error!(
+                    delivery_id = delivery.id,
+                    subscription = %delivery.subscription,
+                    attempt = delivery.attempt,
+                    status,
+                    error,
+                    "delivery failed, no attempts left"
+                );
+                NextStep::Failed
+            }
+        }
+    }
+
+    /// Marks the subscription of `delivery` disabled, and returns whether that worked.
+    async fn disable(&self, delivery: &ClaimedDelivery) -> bool {
+        let reason = format!("receiver responded 410 Gone to delivery {}", delivery.id);
+        let disabled = self
+            .queue
+            .disable_subscription(&self.client, &delivery.subscription, &reason)
+            .await;
+        match disabled {
+            Ok(()) => {
+                warn!(
+                    delivery_id = delivery.id,
+                    subscription = %delivery.subscription,
+                    "receiver responded 410 Gone, subscription disabled"
+                );
+                true
+            }
+            Err(err) => {
+                error!(
+                    error = %err,
+                    delivery_id = delivery.id,
+                    subscription = %delivery.subscription,
+                    "disabling subscription after 410 Gone failed"
+                );
+                false
+            }
+        }
+    }
+
+    /// Fails a delivery that cannot be sent at all, such as one whose
+    /// subscription was deleted.
+    async fn fail_unsendable(&self, delivery: &ClaimedDelivery, reason: &str) {
+        error!(
+            delivery_id = delivery.id,
+            subscription = %delivery.subscription,
+            reason,
+            "delivery failed, subscription unavailable"
+        );
+        let report = unsent_report(reason.to_owned());
+        self.record(delivery, &report, NextStep::Failed).await;
+    }
+
+    /// Retries a delivery whose subscription secret does not parse, because
+    /// the administrator can fix the secret before the schedule runs out.
+    async fn fail_unsigned(&self, delivery: &ClaimedDelivery, message: String) {
+        let report = unsent_report(message);
+        let next = self.retry_or_fail(delivery, &report);
+        self.record(delivery, &report, next).await;
+    }
+
+    async fn record(&self, delivery: &ClaimedDelivery, report: &AttemptReport, next: NextStep) {
+        let record = AttemptRecord {
+            delivery_id: delivery.id,
+            attempt: delivery.attempt,
+            started_at: report.started_at,
+            duration: report.duration,
+            status: status_of(report.result),
+            response_body: report.response_body.as_deref(),
+            error: report.error.as_deref(),
+            next,
+        };
+        match self.queue.record_attempt(&self.client, &record).await {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                delivery_id = delivery.id,
+                subscription = %delivery.subscription,
+                attempt = delivery.attempt,
+                "delivery lease ran out before the attempt was recorded"
+            ),
+            // The lease brings the row back, so the webhook is sent again.
+            Err(err) => error!(
+                error = %err,
+                delivery_id = delivery.id,
+                subscription = %delivery.subscription,
+                attempt = delivery.attempt,
+                "recording delivery attempt failed"
+            ),
+        }
+    }
+}
+
+/// Collects the signing keys of every secret of a subscription. A
+/// subscription without secrets gets unsigned requests.
+fn signing_keys(subscription: &Subscription) -> Result<Vec<SigningKey>, String> {
+    let mut keys = Vec::new();
+    for secret in &subscription.secrets {
+        let parsed = parse_secrets(secret)
+            .map_err(|err| format!("subscription `{}`: {err}", subscription.key))?;
+        keys.extend(parsed);
+    }
+    Ok(keys)
+}
+
+fn unsent_report(error: String) -> AttemptReport {
+    AttemptReport {
+        result: AttemptResult::ConnectionFailed,
+        started_at: std::time::SystemTime::now(),
+        duration: Duration::ZERO,
+        retry_after: None,
+        response_body: None,
+        error: Some(error),
+    }
+}
+
+fn status_of(result: AttemptResult) -> Option<u16> {
+    match result {
+        AttemptResult::Status(code) => Some(code),
+        AttemptResult::TimedOut | AttemptResult::ConnectionFailed => None,
+    }
+}
+
+fn log_join_error(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = joined {
+        error!(error = %err, "delivery task panicked");
+    }
+}

@@ -1,0 +1,4 @@
+//! Operations: logging, fault injection for tests.
+
+pub mod failpoint;
+pub mod logging;

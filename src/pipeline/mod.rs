@@ -1,0 +1,187 @@
+//! The daemon's pipeline: replication → pgoutput decoding → rules → routing →
+//! queue, with the delivery workers beside it.
+//!
+//! A failed session (lost connection, a change that cannot be processed)
+//! restarts the whole stream from the stored position with a fresh relation
+//! cache, after a capped exponential backoff.
+
+mod processor;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::pgoutput::{DecodeError, Oid};
+use crate::queue::OutboxError;
+use crate::replication::{Lsn, ReplicationError};
+use crate::routing::{subscriptions_table, Subscription, Subscriptions};
+
+pub use processor::RuleFailure;
+pub use stream::StreamContext;
+
+const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// A failure that ends one replication session.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("replication connection: {0}")]
+    Replication(#[from] ReplicationError),
+    #[error("invalid pgoutput message: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("unexpected pgoutput message order: {0}")]
+    Protocol(&'static str),
+    #[error("change for relation id `{0}` arrived before its Relation message")]
+    UnknownRelation(Oid),
+    #[error("change of table `{table}` has {found} values but its Relation message lists {expected} columns")]
+    TupleWidth {
+        table: String,
+        expected: usize,
+        found: usize,
+    },
+    #[error("transaction at `{lsn}`, table `{table}`: {source}; nothing past it is confirmed")]
+    Rule {
+        lsn: Lsn,
+        table: String,
+        source: RuleFailure,
+    },
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("queue database: {0}")]
+    Queue(tokio_postgres::Error),
+    #[error("application database: {0}")]
+    Source(tokio_postgres::Error),
+    #[error("replication slot `{0}` does not exist: run `walhook setup` or create it with pg_create_logical_replication_slot('{0}', 'pgoutput')")]
+    SlotMissing(String),
+    #[error("the server ended the replication stream")]
+    StreamEnded,
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let subscriptions = Arc::new(Subscriptions::default());
+    load_subscriptions(&config, &subscriptions).await?;
+
+    let deliveries_stored = Arc::new(Notify::new());
+    let delivery = tokio::spawn(deliver(
+        Arc::clone(&config),
+        Arc::clone(&subscriptions),
+        Arc::clone(&deliveries_stored),
+        shutdown.clone(),
+    ));
+
+    let context = StreamContext {
+        config,
+        subscriptions,
+        deliveries_stored,
+        shutdown: shutdown.clone(),
+    };
+    replicate(&context).await;
+
+    delivery
+        .await
+        .map_err(|err| anyhow::anyhow!("delivery task failed: {err}"))
+}
+
+/// Runs the delivery workers, restarting them on a new queue connection when
+/// theirs fails, until shutdown.
+async fn deliver(
+    config: Arc<Config>,
+    subscriptions: Arc<Subscriptions>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut delay = FIRST_RETRY_DELAY;
+    while !shutdown.is_cancelled() {
+        match run_workers(&config, &subscriptions, &wake, &shutdown).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), retry_in = ?delay, "delivery workers failed, restarting");
+                stream::pause(&shutdown, delay).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        }
+    }
+}
+
+async fn run_workers(
+    config: &Config,
+    subscriptions: &Arc<Subscriptions>,
+    wake: &Arc<Notify>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let client = stream::connect_queue(config).await?;
+    let workers = crate::delivery::DeliveryWorkers::new(
+        Arc::new(client),
+        &config.queue.schema,
+        &config.delivery,
+        Arc::clone(subscriptions),
+        Arc::clone(wake),
+    )?;
+    workers.run(shutdown.clone()).await
+}
+
+/// Streams, reconnecting after each failure, until shutdown.
+async fn replicate(context: &StreamContext) {
+    let mut delay = FIRST_RETRY_DELAY;
+    while !context.shutdown.is_cancelled() {
+        let started = tokio::time::Instant::now();
+        match stream::stream_once(context).await {
+            Ok(()) => return,
+            Err(err) => {
+                if started.elapsed() > MAX_RETRY_DELAY * 2 {
+                    delay = FIRST_RETRY_DELAY;
+                }
+                tracing::error!(error = %err, retry_in = ?delay, "replication session failed, reconnecting");
+                let jittered =
+                    delay.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2));
+                stream::pause(&context.shutdown, jittered).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        }
+    }
+}
+
+/// Loads the subscriptions table and the static endpoints.
+async fn load_subscriptions(config: &Config, subscriptions: &Subscriptions) -> anyhow::Result<()> {
+    for endpoint in &config.endpoints {
+        subscriptions.upsert(Subscription::from_endpoint(endpoint));
+    }
+    let client = connect_source(config).await?;
+    let loaded = subscriptions_table::load_all(&client, &config.subscriptions, subscriptions)
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "cannot read subscriptions table `{}`: {err}",
+                config.subscriptions.table
+            )
+        })?;
+    tracing::info!(
+        subscriptions = loaded,
+        endpoints = config.endpoints.len(),
+        "subscriptions loaded"
+    );
+    Ok(())
+}
+
+/// Opens an ordinary (non-replication) connection to the application database.
+pub async fn connect_source(config: &Config) -> Result<tokio_postgres::Client, PipelineError> {
+    let (client, connection) = config
+        .source_postgres()?
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(PipelineError::Source)?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::warn!(error = %err, "application database connection closed");
+        }
+    });
+    Ok(client)
+}

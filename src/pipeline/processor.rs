@@ -1,0 +1,390 @@
+//! Turning decoded pgoutput messages into the events of each committed
+//! transaction.
+//!
+//! Changes are processed in the order of the stream: a jobs change updates the
+//! job directory before a later chat of the same transaction looks its job up,
+//! and subscription changes apply before the transaction's events are routed at
+//! its commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_postgres::{Client, Statement};
+
+use super::PipelineError;
+use crate::changes::{ChangeKind, RelationCache, RowChange};
+use crate::config::{Config, QualifiedName};
+use crate::pgoutput::{LogicalMessageBody, Message, Oid, OldTuple, TupleData};
+use crate::replication::Lsn;
+use crate::routing::{id_param, subscriptions_table, JobDirectory, Subscriptions};
+use crate::rules::{self, Event, JobInfo, Side};
+
+/// The role of a published table in config.toml.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TableRole {
+    Jobs,
+    Chats,
+    HesScores,
+    Tickets,
+    Subscriptions,
+}
+
+/// A source transaction whose commit arrived, with its events.
+#[derive(Debug)]
+pub struct CommittedTransaction {
+    pub commit_lsn: Lsn,
+    pub end_lsn: Lsn,
+    pub events: Vec<Event>,
+    /// Whether the queue already holds this transaction's deliveries.
+    pub already_stored: bool,
+}
+
+struct OpenTransaction {
+    final_lsn: Lsn,
+    events: Vec<Event>,
+}
+
+/// Decoded messages in, committed transactions out.
+pub struct Processor {
+    config: Arc<Config>,
+    roles: HashMap<QualifiedName, TableRole>,
+    relations: RelationCache,
+    jobs: JobDirectory,
+    subscriptions: Arc<Subscriptions>,
+    lookups: Client,
+    account_name: Option<Statement>,
+    /// Commit LSN of the last transaction stored in the queue.
+    stored_commit_lsn: Lsn,
+    open: Option<OpenTransaction>,
+}
+
+impl Processor {
+    pub fn new(
+        config: Arc<Config>,
+        subscriptions: Arc<Subscriptions>,
+        lookups: Client,
+        stored_commit_lsn: Lsn,
+    ) -> Processor {
+        Processor {
+            roles: table_roles(&config),
+            jobs: JobDirectory::new(config.tables.jobs.clone()),
+            config,
+            relations: RelationCache::default(),
+            subscriptions,
+            lookups,
+            account_name: None,
+            stored_commit_lsn,
+            open: None,
+        }
+    }
+
+    /// Tells whether a transaction's Begin arrived without its Commit.
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Processes one message; returns the transaction that a Commit completes.
+    pub async fn handle(
+        &mut self,
+        message: Message,
+    ) -> Result<Option<CommittedTransaction>, PipelineError> {
+        match message {
+            Message::Begin(begin) => {
+                self.open = Some(OpenTransaction {
+                    final_lsn: begin.final_lsn,
+                    events: Vec::new(),
+                });
+            }
+            Message::Commit(commit) => {
+                let open = self
+                    .open
+                    .take()
+                    .ok_or(PipelineError::Protocol("Commit without Begin"))?;
+                return Ok(Some(CommittedTransaction {
+                    commit_lsn: commit.commit_lsn,
+                    end_lsn: commit.end_lsn,
+                    already_stored: open.final_lsn <= self.stored_commit_lsn,
+                    events: open.events,
+                }));
+            }
+            Message::Relation(body) => {
+                let relation = self.relations.insert(body);
+                tracing::debug!(table = %relation.name, relation_id = %relation.id, "relation received");
+            }
+            Message::Insert(body) => {
+                let relation = self.relation(body.rel_id, [Some(&body.new)])?;
+                self.process(RowChange::insert(relation, body.new)).await?;
+            }
+            Message::Update(body) => {
+                let old = body.old.as_ref().map(OldTuple::tuple);
+                let relation = self.relation(body.rel_id, [old, Some(&body.new)])?;
+                self.process(RowChange::update(relation, body.old, body.new))
+                    .await?;
+            }
+            Message::Delete(body) => {
+                let relation = self.relation(body.rel_id, [Some(body.old.tuple())])?;
+                self.process(RowChange::delete(relation, body.old)).await?;
+            }
+            Message::Truncate(body) => self.log_truncate(&body.rel_ids),
+            Message::LogicalMessage(body) => return self.logical_message(body),
+            Message::Origin(_) | Message::Type(_) => {}
+        }
+        Ok(None)
+    }
+
+    /// Records that the queue holds every transaction up to `commit_lsn`.
+    pub fn mark_stored(&mut self, commit_lsn: Lsn) {
+        self.stored_commit_lsn = self.stored_commit_lsn.max(commit_lsn);
+    }
+
+    /// Returns the relation of a change, checking that its tuples have one
+    /// value per column of the latest Relation message.
+    fn relation<const N: usize>(
+        &self,
+        id: Oid,
+        tuples: [Option<&TupleData>; N],
+    ) -> Result<Arc<crate::changes::Relation>, PipelineError> {
+        let relation = self
+            .relations
+            .get(id)
+            .ok_or(PipelineError::UnknownRelation(id))?;
+        let expected = relation.column_names().len();
+        for tuple in tuples.into_iter().flatten() {
+            if tuple.0.len() != expected {
+                return Err(PipelineError::TupleWidth {
+                    table: relation.name.to_string(),
+                    expected,
+                    found: tuple.0.len(),
+                });
+            }
+        }
+        Ok(relation)
+    }
+
+    async fn process(&mut self, change: RowChange) -> Result<(), PipelineError> {
+        let Some(role) = self.roles.get(&change.relation.name).copied() else {
+            tracing::debug!(table = %change.relation.name, "change of an unmapped table ignored");
+            return Ok(());
+        };
+        let events = self
+            .events_of(role, &change)
+            .await
+            .map_err(|source| PipelineError::Rule {
+                lsn: self
+                    .open
+                    .as_ref()
+                    .map(|open| open.final_lsn)
+                    .unwrap_or_default(),
+                table: change.relation.name.to_string(),
+                source,
+            })?;
+        if let Some(open) = self.open.as_mut() {
+            for event in &events {
+                tracing::debug!(event = %event.kind, job_id = ?event.job_ids.first(), "event detected");
+            }
+            open.events.extend(events);
+        }
+        Ok(())
+    }
+
+    async fn events_of(
+        &mut self,
+        role: TableRole,
+        change: &RowChange,
+    ) -> Result<Vec<Event>, RuleFailure> {
+        let tables = &self.config.tables;
+        match role {
+            TableRole::Jobs => {
+                let events = rules::jobs::events(change, &tables.jobs)?;
+                self.track_job(change)?;
+                Ok(events)
+            }
+            TableRole::Chats => {
+                let Some(table) = tables.chats.clone() else {
+                    return Ok(Vec::new());
+                };
+                if !rules::chats::is_user_post(change, &table)? {
+                    return Ok(Vec::new());
+                }
+                let Some(job) = self.job_of(rules::chats::job_id(change, &table)?).await? else {
+                    return Ok(Vec::new());
+                };
+                let name = match rules::chats::account_id(change, &table)? {
+                    Some(account) => self.account_full_name(account).await?,
+                    None => None,
+                };
+                Ok(rules::chats::events(change, &table, &job, name)?)
+            }
+            TableRole::HesScores => {
+                let Some(table) = tables.hes_scores.clone() else {
+                    return Ok(Vec::new());
+                };
+                if !rules::hes_scores::obtains_score(change, &table)? {
+                    return Ok(Vec::new());
+                }
+                let Some(job) = self
+                    .job_of(rules::hes_scores::job_id(change, &table)?)
+                    .await?
+                else {
+                    return Ok(Vec::new());
+                };
+                Ok(rules::hes_scores::events(change, &table, &job)?)
+            }
+            TableRole::Tickets => {
+                let Some(table) = tables.tickets.clone() else {
+                    return Ok(Vec::new());
+                };
+                if !rules::tickets::changes_status(change, &table)? {
+                    return Ok(Vec::new());
+                }
+                let Some(job) = self.job_of(rules::tickets::job_id(change, &table)?).await? else {
+                    return Ok(Vec::new());
+                };
+                Ok(rules::tickets::events(change, &table, &job)?)
+            }
+            TableRole::Subscriptions => {
+                if let Err(err) = subscriptions_table::apply_change(
+                    change,
+                    &self.config.subscriptions,
+                    &self.subscriptions,
+                ) {
+                    tracing::error!(error = %err, "subscription change ignored; fix the row in the subscriptions table");
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn track_job(&mut self, change: &RowChange) -> Result<(), RuleFailure> {
+        let table = &self.config.tables.jobs;
+        if change.kind == ChangeKind::Delete {
+            let job = rules::jobs::job_info(change, table, Side::Old)?;
+            self.jobs.forget(job.id);
+        } else {
+            self.jobs
+                .remember(rules::jobs::job_info(change, table, Side::New)?);
+        }
+        Ok(())
+    }
+
+    async fn job_of(&mut self, job_id: i64) -> Result<Option<JobInfo>, RuleFailure> {
+        let job = self
+            .jobs
+            .lookup(&self.lookups, job_id)
+            .await
+            .map_err(RuleFailure::Lookup)?;
+        if job.is_none() {
+            tracing::warn!(
+                job_id,
+                "job not found in the jobs table, its events go to static endpoints only"
+            );
+            return Ok(Some(JobInfo {
+                id: job_id,
+                alt_id: None,
+                company: None,
+                program: None,
+            }));
+        }
+        Ok(job)
+    }
+
+    async fn account_full_name(&mut self, account_id: i64) -> Result<Option<String>, RuleFailure> {
+        let Some(sql) = self
+            .config
+            .tables
+            .chats
+            .as_ref()
+            .and_then(|t| t.account_full_name.clone())
+        else {
+            return Ok(None);
+        };
+        let statement = match &self.account_name {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = self
+                    .lookups
+                    .prepare(&sql)
+                    .await
+                    .map_err(RuleFailure::Lookup)?;
+                self.account_name = Some(statement.clone());
+                statement
+            }
+        };
+        let param = id_param(&statement.params()[0], account_id);
+        let row = self
+            .lookups
+            .query_opt(&statement, &[param.as_ref()])
+            .await
+            .map_err(RuleFailure::Lookup)?;
+        Ok(row.and_then(|row| row.get::<_, Option<String>>(0)))
+    }
+
+    fn logical_message(
+        &mut self,
+        body: LogicalMessageBody,
+    ) -> Result<Option<CommittedTransaction>, PipelineError> {
+        if body.prefix != rules::ping::MESSAGE_PREFIX {
+            return Ok(None);
+        }
+        let events = match rules::ping::events_from_message(&body.content) {
+            Ok(events) => events,
+            Err(err) => {
+                tracing::error!(error = %err, lsn = %body.lsn, "logical message ignored");
+                return Ok(None);
+            }
+        };
+        match self.open.as_mut() {
+            Some(open) if body.transactional => {
+                open.events.extend(events);
+                Ok(None)
+            }
+            // A non-transactional message stands alone, at its own LSN.
+            _ => Ok(Some(CommittedTransaction {
+                commit_lsn: body.lsn,
+                end_lsn: body.lsn,
+                already_stored: body.lsn <= self.stored_commit_lsn,
+                events,
+            })),
+        }
+    }
+
+    fn log_truncate(&self, rel_ids: &[Oid]) {
+        for id in rel_ids {
+            let table = self
+                .relations
+                .get(*id)
+                .map(|r| r.name.to_string())
+                .unwrap_or_else(|| id.to_string());
+            tracing::warn!(table = %table, "table truncated; TRUNCATE raises no webhook");
+        }
+    }
+}
+
+/// A rule that failed, or a lookup it needed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleFailure {
+    #[error(transparent)]
+    Rule(#[from] rules::RuleError),
+    #[error("lookup in the application database failed: {0}")]
+    Lookup(tokio_postgres::Error),
+}
+
+fn table_roles(config: &Config) -> HashMap<QualifiedName, TableRole> {
+    let tables = &config.tables;
+    let mut roles = HashMap::new();
+    roles.insert(QualifiedName::parse(&tables.jobs.table), TableRole::Jobs);
+    if let Some(table) = &tables.chats {
+        roles.insert(QualifiedName::parse(&table.table), TableRole::Chats);
+    }
+    if let Some(table) = &tables.hes_scores {
+        roles.insert(QualifiedName::parse(&table.table), TableRole::HesScores);
+    }
+    if let Some(table) = &tables.tickets {
+        roles.insert(QualifiedName::parse(&table.table), TableRole::Tickets);
+    }
+    roles.insert(
+        QualifiedName::parse(&config.subscriptions.table),
+        TableRole::Subscriptions,
+    );
+    roles
+}

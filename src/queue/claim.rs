@@ -1,0 +1,209 @@
+//! Claiming due deliveries and recording their attempts.
+//!
+//! Many delivery processes share one queue. A claim selects due rows with
+//! `FOR UPDATE SKIP LOCKED`, so concurrent claimers never take the same row,
+//! and in the same statement moves `next_attempt_at` forward by a lease and
+//! counts the attempt. A sender that dies mid-request thus leaves a row that
+//! comes due again when the lease runs out. Only the oldest pending row of
+//! each subscription is claimable, so each subscription receives its webhooks
+//! in commit order, one at a time.
+
+use std::time::{Duration, SystemTime};
+
+use tokio_postgres::Client;
+
+use crate::config::quote_ident;
+
+/// A delivery taken from the queue for one attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    pub webhook_id: String,
+    /// Text form of the subscription key, such as `sub_42`.
+    pub subscription: String,
+    pub url: String,
+    pub event: String,
+    /// The exact JSON text to POST.
+    pub body: String,
+    /// Number of this attempt, starting at 1; the claim already counted it.
+    pub attempt: i32,
+}
+
+/// Next state of a delivery after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextStep {
+    /// Accepted by the receiver: status `delivered`.
+    Delivered,
+    /// Stays `pending`, due again after this delay.
+    RetryAfter(Duration),
+    /// Given up: status `failed`.
+    Failed,
+}
+
+/// One finished attempt, for the attempts table and the delivery row.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord<'a> {
+    pub delivery_id: i64,
+    /// The attempt number returned by the claim.
+    pub attempt: i32,
+    pub started_at: SystemTime,
+    pub duration: Duration,
+    /// HTTP status, when a response arrived.
+    pub status: Option<u16>,
+    pub response_body: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub next: NextStep,
+}
+
+/// The claim and record statements of one queue schema, built once.
+#[derive(Clone, Debug)]
+pub struct DeliveryQueue {
+    claim_sql: String,
+    record_sql: String,
+    disable_sql: String,
+}
+
+impl DeliveryQueue {
+    /// Builds the statements for the queue tables in `schema`, which is quoted
+    /// as an identifier.
+    pub fn new(schema: &str) -> DeliveryQueue {
+        let schema = quote_ident(schema);
+        DeliveryQueue {
+            claim_sql: claim_sql(&schema),
+            record_sql: record_sql(&schema),
+            disable_sql: format!(
+                "INSERT INTO {schema}.disabled_subscriptions (subscription, reason) \
+                 VALUES ($1, $2) ON CONFLICT (subscription) DO NOTHING"
+            ),
+        }
+    }
+
+    /// Claims up to `limit` due deliveries, oldest first, leasing each for
+    /// `lease`. Rows of subscriptions in `disabled_subscriptions` stay pending
+    /// and unclaimed.
+    pub async fn claim_due(
+        &self,
+        client: &Client,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedDelivery>, tokio_postgres::Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&self.claim_sql, &[&limit, &millis(lease)])
+            .await?;
+
+        let mut claimed: Vec<ClaimedDelivery> = rows
+            .iter()
+            .map(|row| ClaimedDelivery {
+                id: row.get("id"),
+                webhook_id: row.get("webhook_id"),
+                subscription: row.get("subscription"),
+                url: row.get("url"),
+                event: row.get("event"),
+                body: row.get("body"),
+                attempt: row.get("attempts"),
+            })
+            .collect();
+        claimed.sort_by_key(|delivery| delivery.id);
+        Ok(claimed)
+    }
+
+    /// Stores one attempt and moves its delivery on. Returns `false` when the
+    /// delivery was not updated, because its lease ran out and a later claim
+    /// counted another attempt. The attempt row is stored either way.
+    pub async fn record_attempt(
+        &self,
+        client: &Client,
+        record: &AttemptRecord<'_>,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let (status, retry_ms) = match record.next {
+            NextStep::Delivered => ("delivered", None),
+            NextStep::RetryAfter(delay) => ("pending", Some(millis(delay))),
+            NextStep::Failed => ("failed", None),
+        };
+        let duration_ms = i32::try_from(record.duration.as_millis()).unwrap_or(i32::MAX);
+        let http_status = record.status.map(i32::from);
+
+        let updated = client
+            .execute(
+                &self.record_sql,
+                &[
+                    &record.delivery_id,
+                    &record.attempt,
+                    &record.started_at,
+                    &duration_ms,
+                    &http_status,
+                    &record.response_body,
+                    &record.error,
+                    &status,
+                    &retry_ms,
+                ],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Marks a subscription disabled with `reason`; its pending deliveries
+    /// stay in the queue unclaimed until the row is deleted.
+    pub async fn disable_subscription(
+        &self,
+        client: &Client,
+        subscription: &str,
+        reason: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        client
+            .execute(&self.disable_sql, &[&subscription, &reason])
+            .await?;
+        Ok(())
+    }
+}
+
+fn claim_sql(schema: &str) -> String {
+    format!(
+        "WITH due AS ( \
+             SELECT d.id FROM {schema}.deliveries d \
+             WHERE d.status = 'pending' \
+               AND d.next_attempt_at <= now() \
+               AND NOT EXISTS ( \
+                   SELECT 1 FROM {schema}.deliveries e \
+                   WHERE e.subscription = d.subscription \
+                     AND e.status = 'pending' \
+                     AND e.id < d.id) \
+               AND NOT EXISTS ( \
+                   SELECT 1 FROM {schema}.disabled_subscriptions x \
+                   WHERE x.subscription = d.subscription) \
+             ORDER BY d.id \
+             LIMIT $1 \
+             FOR UPDATE SKIP LOCKED) \
+         UPDATE {schema}.deliveries d \
+         SET attempts = d.attempts + 1, \
+             next_attempt_at = now() + $2::bigint * interval '1 millisecond' \
+         FROM due WHERE d.id = due.id \
+         RETURNING d.id, d.webhook_id, d.subscription, d.url, d.event, d.body, d.attempts"
+    )
+}
+
+/// Builds the statement that inserts the attempt row and updates the delivery.
+/// The update only applies while `attempts` still equals this attempt's
+/// number, so a sender whose lease ran out cannot overwrite a newer attempt.
+fn record_sql(schema: &str) -> String {
+    format!(
+        "WITH attempt AS ( \
+             INSERT INTO {schema}.attempts \
+                 (delivery_id, attempt, started_at, duration_ms, status, response_body, error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (delivery_id, attempt) DO NOTHING) \
+         UPDATE {schema}.deliveries \
+         SET status = $8::text, \
+             next_attempt_at = CASE WHEN $9::bigint IS NULL THEN next_attempt_at \
+                                    ELSE now() + $9::bigint * interval '1 millisecond' END, \
+             delivered_at = CASE WHEN $8::text = 'delivered' THEN now() END, \
+             last_status = $5, \
+             last_error = $7 \
+         WHERE id = $1 AND attempts = $2 AND status = 'pending'"
+    )
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,130 @@
+//! The enqueue side of the queue: one queue transaction stores a source
+//! transaction's deliveries together with its commit LSN.
+//!
+//! Only after that transaction commits does the pipeline report the LSN to the
+//! server as flushed, so nothing is confirmed that is not stored. On restart,
+//! source transactions whose commit LSN is at or below the stored one are
+//! skipped, so each change is enqueued once.
+
+use tokio_postgres::Client;
+
+use crate::config::quote_ident;
+use crate::replication::Lsn;
+use crate::routing::NewDelivery;
+
+/// The last source transaction whose deliveries are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub commit_lsn: Lsn,
+    pub end_lsn: Lsn,
+}
+
+/// A failed queue read or write.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("queue database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("queue table `progress` holds an invalid LSN `{0}`")]
+    InvalidLsn(String),
+}
+
+/// Writes deliveries and progress for one replication slot.
+pub struct Outbox {
+    client: Client,
+    slot: String,
+    insert_sql: String,
+    progress_sql: String,
+    select_progress_sql: String,
+}
+
+impl Outbox {
+    /// Wraps a connection to the queue database; the schema must exist.
+    pub fn new(client: Client, schema: &str, slot: &str) -> Outbox {
+        let schema = quote_ident(schema);
+        Outbox {
+            client,
+            slot: slot.to_owned(),
+            insert_sql: format!(
+                "INSERT INTO {schema}.deliveries
+                     (webhook_id, commit_lsn, event_index, subscription, url, event, job_ids, body)
+                 SELECT w, c::pg_lsn, i, s, u, e, j::bigint[], b
+                 FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::text[]) AS t(w, c, i, s, u, e, j, b)
+                 ON CONFLICT (webhook_id) DO NOTHING"
+            ),
+            progress_sql: format!(
+                "INSERT INTO {schema}.progress (slot, commit_lsn, end_lsn, updated_at)
+                 VALUES ($1, $2::text::pg_lsn, $3::text::pg_lsn, now())
+                 ON CONFLICT (slot) DO UPDATE
+                 SET commit_lsn = excluded.commit_lsn, end_lsn = excluded.end_lsn, updated_at = now()"
+            ),
+            select_progress_sql: format!(
+                "SELECT commit_lsn::text, end_lsn::text FROM {schema}.progress WHERE slot = $1"
+            ),
+        }
+    }
+
+    /// Returns the stored progress of the slot, if any transaction was stored.
+    pub async fn progress(&self) -> Result<Option<Progress>, OutboxError> {
+        let Some(row) = self
+            .client
+            .query_opt(&self.select_progress_sql, &[&self.slot])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let parse = |text: String| {
+            text.parse::<Lsn>()
+                .map_err(|_| OutboxError::InvalidLsn(text))
+        };
+        Ok(Some(Progress {
+            commit_lsn: parse(row.get(0))?,
+            end_lsn: parse(row.get(1))?,
+        }))
+    }
+
+    /// Stores the deliveries of one source transaction and its LSNs, in one
+    /// queue transaction.
+    pub async fn store(
+        &mut self,
+        progress: Progress,
+        deliveries: &[NewDelivery],
+    ) -> Result<(), OutboxError> {
+        let transaction = self.client.transaction().await?;
+        if !deliveries.is_empty() {
+            let column =
+                |f: fn(&NewDelivery) -> String| deliveries.iter().map(f).collect::<Vec<String>>();
+            let event_indexes: Vec<i32> = deliveries
+                .iter()
+                .map(|d| i32::try_from(d.event_index).unwrap_or(i32::MAX))
+                .collect();
+            transaction
+                .execute(
+                    &self.insert_sql,
+                    &[
+                        &column(|d| d.webhook_id.clone()),
+                        &column(|d| d.commit_lsn.to_string()),
+                        &event_indexes,
+                        &column(|d| d.subscription.to_string()),
+                        &column(|d| d.url.clone()),
+                        &column(|d| d.kind.as_str().to_owned()),
+                        &column(|d| array_literal(&d.job_ids)),
+                        &column(|d| d.body.clone()),
+                    ],
+                )
+                .await?;
+        }
+        let commit = progress.commit_lsn.to_string();
+        let end = progress.end_lsn.to_string();
+        transaction
+            .execute(&self.progress_sql, &[&self.slot, &commit, &end])
+            .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+}
+
+fn array_literal(ids: &[i64]) -> String {
+    let parts: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("{{{}}}", parts.join(","))
+}

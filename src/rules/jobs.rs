@@ -1,0 +1,150 @@
+//! Rules of the jobs table: created, stage changed, first modeled, address
+//! changed, transferred to another account or company.
+
+use serde_json::json;
+
+use super::column::{read, read_id, read_optional_id, Format, Side};
+use super::event::{Audience, Event, JobInfo};
+use super::{values, RuleError};
+use crate::changes::{ChangeKind, RowChange};
+use crate::config::JobsTable;
+use crate::payload::EventKind;
+use crate::routing::Owner;
+
+/// Returns the events of one jobs row change, in a fixed order.
+pub fn events(change: &RowChange, table: &JobsTable) -> Result<Vec<Event>, RuleError> {
+    match change.kind {
+        ChangeKind::Insert => Ok(vec![created(change, table)?]),
+        ChangeKind::Update => updated(change, table),
+        ChangeKind::Delete => Ok(Vec::new()),
+    }
+}
+
+/// Returns the job as its new row (or, for a DELETE, its old row) describes it.
+pub fn job_info(change: &RowChange, table: &JobsTable, side: Side) -> Result<JobInfo, RuleError> {
+    let alt_id = match &table.alt_id {
+        Some(column) => read(change, side, column, Format::String)?
+            .as_str()
+            .map(str::to_owned),
+        None => None,
+    };
+    let program = match &table.program {
+        Some(column) => read_optional_id(change, side, column)?,
+        None => None,
+    };
+    Ok(JobInfo {
+        id: read_id(change, side, &table.id)?,
+        alt_id,
+        company: read_optional_id(change, side, &table.company)?,
+        program,
+    })
+}
+
+fn created(change: &RowChange, table: &JobsTable) -> Result<Event, RuleError> {
+    let job = job_info(change, table, Side::New)?;
+    Ok(job_event(
+        EventKind::NewJobCreated,
+        &job,
+        json!({ "id": job.id, "altId": job.alt_id }),
+    ))
+}
+
+fn updated(change: &RowChange, table: &JobsTable) -> Result<Vec<Event>, RuleError> {
+    let job = job_info(change, table, Side::New)?;
+    let mut events = Vec::new();
+
+    if change.changed(&table.stage)? {
+        events.push(job_event(
+            EventKind::StageChanged,
+            &job,
+            stage_item(change, table, job.id)?,
+        ));
+    }
+    if let Some(column) = &table.first_modeled {
+        if is_first_modeling(change, column)? {
+            let item = json!({ "id": job.id, "altId": job.alt_id });
+            events.push(job_event(EventKind::JobFirstTimeModeled, &job, item));
+        }
+    }
+    if any_changed(change, &table.address)? {
+        let item = json!({ "id": job.id, "altId": job.alt_id });
+        events.push(job_event(EventKind::AddressChanged, &job, item));
+    }
+    if change.changed(&table.account)? {
+        let item = json!({
+            "id": job.id,
+            "altId": job.alt_id,
+            "accountIdFrom": read(change, Side::Old, &table.account, Format::Integer)?,
+            "accountIdTo": read(change, Side::New, &table.account, Format::Integer)?,
+        });
+        events.push(job_event(EventKind::JobTransferred, &job, item));
+    }
+    if change.changed(&table.company)? {
+        events.push(company_transfer(change, table, &job)?);
+    }
+    Ok(events)
+}
+
+fn stage_item(
+    change: &RowChange,
+    table: &JobsTable,
+    job_id: i64,
+) -> Result<serde_json::Value, RuleError> {
+    Ok(json!({
+        "jobId": job_id,
+        "previousStage": read(change, Side::Old, &table.stage, Format::Integer)?,
+        "newStage": read(change, Side::New, &table.stage, Format::Integer)?,
+        "previousStageTimestamp": read(change, Side::Old, &table.stage_changed_at, Format::Timestamp)?,
+        "newStageTimestamp": read(change, Side::New, &table.stage_changed_at, Format::Timestamp)?,
+    }))
+}
+
+/// A "first modeled" column may be a timestamp or a boolean: it counts as set
+/// when it is neither NULL nor false.
+fn is_first_modeling(change: &RowChange, column: &str) -> Result<bool, RuleError> {
+    let was_set = change
+        .old_value(column)?
+        .is_some_and(values::is_truthy_flag);
+    let is_set = change
+        .new_value(column)?
+        .is_some_and(values::is_truthy_flag);
+    Ok(!was_set && is_set)
+}
+
+fn any_changed(change: &RowChange, columns: &[String]) -> Result<bool, RuleError> {
+    for column in columns {
+        if change.changed(column)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A company transfer goes to the old company and to the new one.
+fn company_transfer(
+    change: &RowChange,
+    table: &JobsTable,
+    job: &JobInfo,
+) -> Result<Event, RuleError> {
+    let from = read_optional_id(change, Side::Old, &table.company)?;
+    let to = read_optional_id(change, Side::New, &table.company)?;
+    let item =
+        json!({ "id": job.id, "altId": job.alt_id, "companyIdFrom": from, "companyIdTo": to });
+    let mut owners: Vec<Owner> = from.into_iter().chain(to).map(Owner::Company).collect();
+    owners.extend(job.program.map(Owner::Program));
+    Ok(Event {
+        kind: EventKind::JobTransferredToOtherCompany,
+        audience: Audience::Owners(owners),
+        job_ids: vec![job.id],
+        item,
+    })
+}
+
+fn job_event(kind: EventKind, job: &JobInfo, item: serde_json::Value) -> Event {
+    Event {
+        kind,
+        audience: Audience::Owners(job.owners()),
+        job_ids: vec![job.id],
+        item,
+    }
+}
