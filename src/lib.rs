@@ -11,6 +11,7 @@
 pub mod changes;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod delivery;
 pub mod demo;
 pub mod ops;

@@ -76,14 +76,9 @@ async fn check_all(config: &Config) -> Vec<Finding> {
 
 async fn connect(config: &Config) -> Result<Client, String> {
     let postgres = config.source_postgres().map_err(|err| err.to_string())?;
-    let (client, connection) = postgres
-        .connect(tokio_postgres::NoTls)
+    crate::db::connect(&postgres, "application")
         .await
-        .map_err(|err| format!("{err}; check source.url and that the server accepts the role"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+        .map_err(|err| format!("{err}; check source.url and that the server accepts the role"))
 }
 
 async fn setting(client: &Client, name: &str) -> Result<String, String> {
@@ -370,13 +365,8 @@ async fn check_queue(config: &Config) -> Finding {
         Ok(postgres) => postgres,
         Err(err) => return Finding::failed(name, err.to_string()),
     };
-    let client = match postgres.connect(tokio_postgres::NoTls).await {
-        Ok((client, connection)) => {
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            client
-        }
+    let client = match crate::db::connect(&postgres, "queue").await {
+        Ok(client) => client,
         Err(err) => {
             return Finding::failed(name, format!("cannot connect to the queue database: {err}"))
         }

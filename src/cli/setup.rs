@@ -155,15 +155,8 @@ fn print_sql(config: &Config) {
     );
 }
 
-async fn connect(config: &tokio_postgres::Config, which: &str) -> anyhow::Result<Client> {
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+async fn connect(config: &tokio_postgres::Config, which: &'static str) -> anyhow::Result<Client> {
+    crate::db::connect(config, which)
         .await
-        .with_context(|| format!("cannot connect to the {which} database"))?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::warn!(error = %err, "connection closed");
-        }
-    });
-    Ok(client)
+        .with_context(|| format!("cannot connect to the {which} database"))
 }

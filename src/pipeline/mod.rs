@@ -173,15 +173,7 @@ async fn load_subscriptions(config: &Config, subscriptions: &Subscriptions) -> a
 
 /// Opens an ordinary (non-replication) connection to the application database.
 pub async fn connect_source(config: &Config) -> Result<tokio_postgres::Client, PipelineError> {
-    let (client, connection) = config
-        .source_postgres()?
-        .connect(tokio_postgres::NoTls)
+    crate::db::connect(&config.source_postgres()?, "application")
         .await
-        .map_err(PipelineError::Source)?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::warn!(error = %err, "application database connection closed");
-        }
-    });
-    Ok(client)
+        .map_err(PipelineError::Source)
 }

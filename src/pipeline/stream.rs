@@ -201,17 +201,9 @@ async fn slot_confirmed_lsn(
 
 /// Opens a connection to the queue database.
 pub async fn connect_queue(config: &Config) -> Result<tokio_postgres::Client, PipelineError> {
-    let (client, connection) = config
-        .queue_postgres()?
-        .connect(tokio_postgres::NoTls)
+    crate::db::connect(&config.queue_postgres()?, "queue")
         .await
-        .map_err(PipelineError::Queue)?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::warn!(error = %err, "queue database connection closed");
-        }
-    });
-    Ok(client)
+        .map_err(PipelineError::Queue)
 }
 
 /// Waits `delay`, or returns early on shutdown.

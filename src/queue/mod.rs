@@ -1,5 +1,6 @@
 //! The durable queue (outbox) in PostgreSQL, in its own schema.
 
+pub mod admin;
 mod claim;
 mod outbox;
 
