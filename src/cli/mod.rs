@@ -1,7 +1,8 @@
-//! The command line: `run`, `check`, `setup` and `demo`.
+//! The command line: `run`, `check`, `setup`, `skip` and `demo`.
 
 mod check;
 mod setup;
+mod skip;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,19 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Skip one source transaction that cannot be processed: its webhooks are
+    /// not sent, and the stream continues after it.
+    Skip {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/walhook/config.toml")]
+        config: PathBuf,
+        /// LSN of the transaction's commit, as the error log names it (`0/1A2B3C4`).
+        #[arg(long)]
+        lsn: String,
+        /// Why it is skipped, stored with the decision.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Run the whole pipeline on a throwaway local PostgreSQL cluster and print
     /// each webhook that arrives.
     Demo,
@@ -57,6 +71,11 @@ pub async fn main() -> ExitCode {
         Command::Run { config } => run(&config).await,
         Command::Check { config } => check::run(&config).await,
         Command::Setup { config, print } => setup::run(&config, print).await,
+        Command::Skip {
+            config,
+            lsn,
+            reason,
+        } => skip::run(&config, &lsn, &reason).await,
         Command::Demo => {
             crate::ops::logging::init("warn,walhook=info");
             return match crate::demo::run().await {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::processor::{CommittedTransaction, Processor};
+use super::processor::{EventBatch, Processor};
 use super::PipelineError;
 use crate::config::Config;
 use crate::pgoutput;
@@ -20,7 +20,7 @@ use crate::queue::{Outbox, Progress};
 use crate::replication::{
     Lsn, ReplicationClient, ReplicationMessage, ReplicationStream, StandbyStatus,
 };
-use crate::routing::{route, Subscriptions};
+use crate::routing::{route, NewDelivery, Subscriptions};
 
 /// What the streaming loop shares with the rest of the daemon.
 pub struct StreamContext {
@@ -37,7 +37,8 @@ struct Positions {
 }
 
 /// Streams until shutdown (`Ok`) or until the connection or a change fails.
-pub async fn stream_once(context: &StreamContext) -> Result<(), PipelineError> {
+pub async fn stream_once(context: Arc<StreamContext>) -> Result<(), PipelineError> {
+    let context = context.as_ref();
     let config = &context.config;
     let mut outbox = Outbox::new(
         connect_queue(config).await?,
@@ -46,7 +47,7 @@ pub async fn stream_once(context: &StreamContext) -> Result<(), PipelineError> {
     );
     let lookups = super::connect_source(config).await?;
     let progress = outbox.progress().await?;
-    let slot_confirmed = slot_confirmed_lsn(&lookups, &config.source.slot).await?;
+    let slot_confirmed = super::slot::prepare(&lookups, config).await?;
     // Reporting a position below the slot's would move it backwards on
     // PostgreSQL 15, so the stream starts at the later of the two.
     let start = progress
@@ -54,6 +55,7 @@ pub async fn stream_once(context: &StreamContext) -> Result<(), PipelineError> {
         .unwrap_or(Lsn::ZERO)
         .max(slot_confirmed);
     let stored_commit = progress.map(|p| p.commit_lsn).unwrap_or(Lsn::ZERO);
+    let skipped = outbox.skipped_transactions().await?;
 
     let client = ReplicationClient::connect(&config.source_postgres()?).await?;
     let mut stream = client
@@ -66,6 +68,7 @@ pub async fn stream_once(context: &StreamContext) -> Result<(), PipelineError> {
         Arc::clone(&context.subscriptions),
         lookups,
         stored_commit,
+        skipped,
     );
     let mut positions = Positions {
         received: start,
@@ -105,9 +108,10 @@ async fn handle_message(
         ReplicationMessage::XLogData(xlog) => {
             positions.received = positions.received.max(xlog.wal_end);
             let decoded = pgoutput::decode(&xlog.data)?;
-            if let Some(committed) = processor.handle(decoded).await? {
-                let end_lsn = store(context, processor, outbox, committed).await?;
-                positions.confirmed = positions.confirmed.max(end_lsn);
+            if let Some(batch) = processor.handle(decoded).await? {
+                if let Some(end_lsn) = store(context, processor, outbox, batch).await? {
+                    positions.confirmed = positions.confirmed.max(end_lsn);
+                }
             }
         }
         ReplicationMessage::PrimaryKeepalive(keepalive) => {
@@ -125,32 +129,56 @@ async fn handle_message(
     Ok(())
 }
 
-/// Stores the deliveries of a committed transaction and returns the LSN that
-/// may now be confirmed.
+/// Stores the deliveries of a batch of events. Returns the LSN that may now
+/// be confirmed once the batch completes its transaction, and `None` for a
+/// chunk: a chunk's deliveries are stored without progress, and a replay
+/// after a crash inserts them again under the same webhook ids, which the
+/// queue ignores.
 async fn store(
     context: &StreamContext,
     processor: &mut Processor,
     outbox: &mut Outbox,
-    committed: CommittedTransaction,
-) -> Result<Lsn, PipelineError> {
-    let lsn = committed.commit_lsn;
-    if committed.already_stored {
+    batch: EventBatch,
+) -> Result<Option<Lsn>, PipelineError> {
+    let lsn = batch.commit_lsn;
+    if batch.already_stored {
         tracing::debug!(lsn = %lsn, "transaction already stored, skipped");
-        return Ok(committed.end_lsn);
+        return Ok(batch.end_lsn);
     }
     let max_batch = context.config.delivery.max_batch;
-    let deliveries = route(lsn, &committed.events, &context.subscriptions, max_batch);
+    let deliveries = route(
+        lsn,
+        batch.first_event_index,
+        &batch.events,
+        &context.subscriptions,
+        max_batch,
+    );
+    let Some(end_lsn) = batch.end_lsn else {
+        if !deliveries.is_empty() {
+            outbox.store_chunk(&deliveries).await?;
+            log_stored(lsn, &deliveries);
+            context.deliveries_stored.notify_one();
+        }
+        return Ok(None);
+    };
     if deliveries.is_empty() {
-        return Ok(committed.end_lsn);
+        return Ok(Some(end_lsn));
     }
 
     let progress = Progress {
         commit_lsn: lsn,
-        end_lsn: committed.end_lsn,
+        end_lsn,
     };
     outbox.store(progress, &deliveries).await?;
     processor.mark_stored(lsn);
-    for delivery in &deliveries {
+    log_stored(lsn, &deliveries);
+    context.deliveries_stored.notify_one();
+    crate::ops::failpoint::hit("after-queue-commit");
+    Ok(Some(end_lsn))
+}
+
+fn log_stored(lsn: Lsn, deliveries: &[NewDelivery]) {
+    for delivery in deliveries {
         tracing::debug!(
             lsn = %lsn,
             webhook_id = %delivery.webhook_id,
@@ -159,9 +187,6 @@ async fn store(
             "delivery stored"
         );
     }
-    context.deliveries_stored.notify_one();
-    crate::ops::failpoint::hit("after-queue-commit");
-    Ok(committed.end_lsn)
 }
 
 async fn send_status(
@@ -178,25 +203,6 @@ async fn send_status(
     stream.send_status(status).await?;
     tracing::debug!(received = %positions.received, confirmed = %positions.confirmed, "status update sent");
     Ok(())
-}
-
-/// Returns the slot's confirmed position, failing with the fix when the slot is missing.
-async fn slot_confirmed_lsn(
-    client: &tokio_postgres::Client,
-    slot: &str,
-) -> Result<Lsn, PipelineError> {
-    let row = client
-        .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(PipelineError::Source)?;
-    let Some(row) = row else {
-        return Err(PipelineError::SlotMissing(slot.to_owned()));
-    };
-    let text: Option<String> = row.get(0);
-    Ok(text.and_then(|text| text.parse().ok()).unwrap_or(Lsn::ZERO))
 }
 
 /// Opens a connection to the queue database.
