@@ -261,6 +261,12 @@ async fn unrelated_writes_do_not_retain_wal() {
     wait_for_log(&daemon, "replication started").await;
 
     let client = db.connect().await;
+    let wal_position = "SELECT pg_current_wal_lsn()::text";
+    let before: String = client
+        .query_one(wal_position, &[])
+        .await
+        .expect("WAL position")
+        .get(0);
     client
         .batch_execute(
             "CREATE TABLE audit_log (id bigserial PRIMARY KEY, payload text);
@@ -269,7 +275,14 @@ async fn unrelated_writes_do_not_retain_wal() {
         )
         .await
         .expect("unrelated writes");
-    let written = slot_lag_bytes(&client, &db.slot()).await;
+    let written: i64 = client
+        .query_one(
+            "SELECT (pg_current_wal_lsn() - $1::text::pg_lsn)::bigint",
+            &[&before],
+        )
+        .await
+        .expect("WAL difference")
+        .get(0);
     assert!(
         written > 50_000_000,
         "the writes produced WAL: {written} bytes"
@@ -599,5 +612,21 @@ async fn crash_loop_loses_nothing() {
             "repeats of {key} carry one webhook-id: {ids:?}"
         );
     }
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn missing_slot_is_created_at_start() {
+    let (db, receiver) = prepared_db().await;
+    let config = db.config();
+    let mut daemon = Daemon::setup_and_start(&config);
+    daemon.terminate();
+    db.execute(&format!("SELECT pg_drop_replication_slot('{}')", db.slot())).await;
+
+    daemon.restart();
+    wait_for_log(&daemon, "replication slot was missing and is created").await;
+    wait_for_log(&daemon, "replication started").await;
+    db.execute("UPDATE jobs SET stage_id = 2 WHERE id = 7001").await;
+    assert_eq!(new_stage_within(&receiver, "stage after the slot was created").await, 2);
     daemon.terminate();
 }
