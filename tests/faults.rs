@@ -621,12 +621,17 @@ async fn missing_slot_is_created_at_start() {
     let config = db.config();
     let mut daemon = Daemon::setup_and_start(&config);
     daemon.terminate();
-    db.execute(&format!("SELECT pg_drop_replication_slot('{}')", db.slot())).await;
+    db.execute(&format!("SELECT pg_drop_replication_slot('{}')", db.slot()))
+        .await;
 
     daemon.restart();
     wait_for_log(&daemon, "replication slot was missing and is created").await;
     wait_for_log(&daemon, "replication started").await;
-    db.execute("UPDATE jobs SET stage_id = 2 WHERE id = 7001").await;
-    assert_eq!(new_stage_within(&receiver, "stage after the slot was created").await, 2);
+    db.execute("UPDATE jobs SET stage_id = 2 WHERE id = 7001")
+        .await;
+    assert_eq!(
+        new_stage_within(&receiver, "stage after the slot was created").await,
+        2
+    );
     daemon.terminate();
 }

@@ -7,6 +7,7 @@
 
 mod processor;
 mod slot;
+mod store;
 mod stream;
 
 use std::sync::Arc;

@@ -1,5 +1,6 @@
-//! One replication session: connect, stream from the stored position, store
-//! each committed transaction's deliveries, confirm, and answer keepalives.
+//! One replication session: connect, stream from the stored position, hand
+//! each committed transaction's events to the [`Store`], confirm what it has
+//! written, and answer keepalives.
 //!
 //! Three positions are tracked: `received` (the end of WAL the server has sent),
 //! `confirmed` (everything up to it is stored in the queue or needs nothing) and
@@ -12,15 +13,16 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::processor::{EventBatch, Processor};
+use super::processor::Processor;
+use super::store::Store;
 use super::PipelineError;
 use crate::config::Config;
 use crate::pgoutput;
-use crate::queue::{Outbox, Progress};
+use crate::queue::Outbox;
 use crate::replication::{
     Lsn, ReplicationClient, ReplicationMessage, ReplicationStream, StandbyStatus,
 };
-use crate::routing::{route, NewDelivery, Subscriptions};
+use crate::routing::Subscriptions;
 
 /// What the streaming loop shares with the rest of the daemon.
 pub struct StreamContext {
@@ -36,11 +38,20 @@ struct Positions {
     confirmed: Lsn,
 }
 
+impl Positions {
+    /// Moves the confirmed position forward, never backwards.
+    fn confirm(&mut self, lsn: Option<Lsn>) {
+        if let Some(lsn) = lsn {
+            self.confirmed = self.confirmed.max(lsn);
+        }
+    }
+}
+
 /// Streams until shutdown (`Ok`) or until the connection or a change fails.
 pub async fn stream_once(context: Arc<StreamContext>) -> Result<(), PipelineError> {
     let context = context.as_ref();
     let config = &context.config;
-    let mut outbox = Outbox::new(
+    let outbox = Outbox::new(
         connect_queue(config).await?,
         &config.queue.schema,
         &config.source.slot,
@@ -74,33 +85,49 @@ pub async fn stream_once(context: Arc<StreamContext>) -> Result<(), PipelineErro
         received: start,
         confirmed: start,
     };
+    let mut store = Store::new(
+        outbox,
+        Arc::clone(&context.subscriptions),
+        config.delivery.max_batch,
+        Arc::clone(&context.deliveries_stored),
+    );
     let mut status_timer = tokio::time::interval(config.source.status_interval);
     status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        let flush_at = store.flush_deadline();
         tokio::select! {
             biased;
             _ = context.shutdown.cancelled() => {
+                positions.confirm(store.flush(&mut processor).await?);
                 send_status(&mut stream, &positions, false).await?;
                 tracing::info!(lsn = %positions.confirmed, "replication stopped");
                 return Ok(());
             }
+            _ = sleep_until_or_never(flush_at) => positions.confirm(store.flush(&mut processor).await?),
             _ = status_timer.tick() => send_status(&mut stream, &positions, false).await?,
             message = stream.next_message() => {
                 let Some(message) = message? else {
                     return Err(PipelineError::StreamEnded);
                 };
-                handle_message(context, &mut stream, &mut processor, &mut outbox, &mut positions, message).await?;
+                handle_message(&mut stream, &mut processor, &mut store, &mut positions, message).await?;
             }
         }
     }
 }
 
+/// Waits until `deadline`, or forever when there is none.
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn handle_message(
-    context: &StreamContext,
     stream: &mut ReplicationStream,
     processor: &mut Processor,
-    outbox: &mut Outbox,
+    store: &mut Store,
     positions: &mut Positions,
     message: ReplicationMessage,
 ) -> Result<(), PipelineError> {
@@ -109,17 +136,17 @@ async fn handle_message(
             positions.received = positions.received.max(xlog.wal_end);
             let decoded = pgoutput::decode(&xlog.data)?;
             if let Some(batch) = processor.handle(decoded).await? {
-                if let Some(end_lsn) = store(context, processor, outbox, batch).await? {
-                    positions.confirmed = positions.confirmed.max(end_lsn);
-                }
+                let confirmed = store.accept(processor, batch).await?;
+                positions.confirm(confirmed);
             }
         }
         ReplicationMessage::PrimaryKeepalive(keepalive) => {
             positions.received = positions.received.max(keepalive.wal_end);
             // Every change before the keepalive has arrived, so when no
-            // transaction is open there is nothing left to store below it.
-            if !processor.in_transaction() {
-                positions.confirmed = positions.confirmed.max(keepalive.wal_end);
+            // transaction is open and nothing waits to be stored, there is
+            // nothing left to store below it.
+            if !processor.in_transaction() && store.is_idle() {
+                positions.confirm(Some(keepalive.wal_end));
             }
             if keepalive.reply_requested {
                 send_status(stream, positions, false).await?;
@@ -127,66 +154,6 @@ async fn handle_message(
         }
     }
     Ok(())
-}
-
-/// Stores the deliveries of a batch of events. Returns the LSN that may now
-/// be confirmed once the batch completes its transaction, and `None` for a
-/// chunk: a chunk's deliveries are stored without progress, and a replay
-/// after a crash inserts them again under the same webhook ids, which the
-/// queue ignores.
-async fn store(
-    context: &StreamContext,
-    processor: &mut Processor,
-    outbox: &mut Outbox,
-    batch: EventBatch,
-) -> Result<Option<Lsn>, PipelineError> {
-    let lsn = batch.commit_lsn;
-    if batch.already_stored {
-        tracing::debug!(lsn = %lsn, "transaction already stored, skipped");
-        return Ok(batch.end_lsn);
-    }
-    let max_batch = context.config.delivery.max_batch;
-    let deliveries = route(
-        lsn,
-        batch.first_event_index,
-        &batch.events,
-        &context.subscriptions,
-        max_batch,
-    );
-    let Some(end_lsn) = batch.end_lsn else {
-        if !deliveries.is_empty() {
-            outbox.store_chunk(&deliveries).await?;
-            log_stored(lsn, &deliveries);
-            context.deliveries_stored.notify_one();
-        }
-        return Ok(None);
-    };
-    if deliveries.is_empty() {
-        return Ok(Some(end_lsn));
-    }
-
-    let progress = Progress {
-        commit_lsn: lsn,
-        end_lsn,
-    };
-    outbox.store(progress, &deliveries).await?;
-    processor.mark_stored(lsn);
-    log_stored(lsn, &deliveries);
-    context.deliveries_stored.notify_one();
-    crate::ops::failpoint::hit("after-queue-commit");
-    Ok(Some(end_lsn))
-}
-
-fn log_stored(lsn: Lsn, deliveries: &[NewDelivery]) {
-    for delivery in deliveries {
-        tracing::debug!(
-            lsn = %lsn,
-            webhook_id = %delivery.webhook_id,
-            event = %delivery.kind,
-            subscription = %delivery.subscription,
-            "delivery stored"
-        );
-    }
 }
 
 async fn send_status(
