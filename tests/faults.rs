@@ -35,7 +35,7 @@ async fn subscribe(client: &Client, receiver: &Receiver, secret: &str) {
         .expect("subscription inserted");
 }
 
-/// A database of the shared cluster with one job, one ticket and a
+/// Creates a database in the shared cluster with one job, one ticket and a
 /// subscription of company 101 to every event.
 async fn prepared_db() -> (TestDb, Receiver) {
     let db = TestDb::with_schema().await;
@@ -323,7 +323,7 @@ async fn standby_takes_over_slot() {
     standby.terminate();
 }
 
-/// A private cluster with the example schema in `app`, for tests that stop it.
+/// Starts a private cluster with the example schema in `app`, for tests that stop it.
 async fn private_cluster() -> TempCluster {
     let cluster = tokio::task::spawn_blocking(TempCluster::start)
         .await

@@ -55,7 +55,7 @@ enum Command {
         /// LSN of the transaction's commit, as the error log names it (`0/1A2B3C4`).
         #[arg(long)]
         lsn: String,
-        /// Why it is skipped, stored with the decision.
+        /// Reason for skipping, stored with the decision.
         #[arg(long, default_value = "")]
         reason: String,
     },

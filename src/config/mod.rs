@@ -63,7 +63,7 @@ pub struct SourceConfig {
     /// Password read from `password_file`; not a key of the file.
     #[serde(skip)]
     pub password: Option<Secret>,
-    /// Interval between standby status updates when the server asks for none.
+    /// Interval between standby status updates when the server requests none.
     #[serde(
         default = "default_status_interval",
         deserialize_with = "duration::deserialize"

@@ -178,7 +178,7 @@ async fn replicate(context: Arc<StreamContext>) {
     }
 }
 
-/// Reloads the subscriptions table while another process holds the slot, so
+/// Reloads the subscriptions table while another process streams from the slot, so
 /// this process's delivery workers see subscriptions changed meanwhile.
 async fn refresh_subscriptions(context: &StreamContext) {
     if let Err(err) = load_subscriptions(&context.config, &context.subscriptions).await {

@@ -45,7 +45,7 @@ pub struct EventBatch {
     /// End of the commit record once the whole transaction has arrived;
     /// `None` for a chunk.
     pub end_lsn: Option<Lsn>,
-    /// Whether the queue already holds this transaction's deliveries.
+    /// Whether the queue already contains this transaction's deliveries.
     pub already_stored: bool,
 }
 
@@ -175,7 +175,7 @@ impl Processor {
         })
     }
 
-    /// Records that the queue holds every transaction up to `commit_lsn`.
+    /// Records that the queue contains every transaction up to `commit_lsn`.
     pub fn mark_stored(&mut self, commit_lsn: Lsn) {
         self.stored_commit_lsn = self.stored_commit_lsn.max(commit_lsn);
     }
@@ -387,7 +387,7 @@ impl Processor {
                 open.events.extend(events);
                 Ok(self.take_full_chunk())
             }
-            // A non-transactional message stands alone, at its own LSN.
+            // A non-transactional message is a transaction of its own, at its LSN.
             _ => Ok(Some(EventBatch {
                 commit_lsn: body.lsn,
                 first_event_index: 0,

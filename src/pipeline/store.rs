@@ -18,7 +18,7 @@ use crate::queue::{Outbox, Progress};
 use crate::replication::Lsn;
 use crate::routing::{route, NewDelivery, Subscriptions};
 
-/// Longest time a stored transaction's deliveries wait for others to share
+/// Maximum time a stored transaction's deliveries wait for others to share
 /// their queue transaction.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(10);
 

@@ -1,6 +1,6 @@
 //! One replication session: connect, stream from the stored position, hand
 //! each committed transaction's events to the [`Store`], confirm what it has
-//! written, and answer keepalives.
+//! written, and reply to keepalives.
 //!
 //! Three positions are tracked: `received` (the end of WAL the server has sent),
 //! `confirmed` (everything up to it is stored in the queue or needs nothing) and
@@ -24,7 +24,7 @@ use crate::replication::{
 };
 use crate::routing::Subscriptions;
 
-/// What the streaming loop shares with the rest of the daemon.
+/// State that the streaming loop shares with the rest of the daemon.
 pub struct StreamContext {
     pub config: Arc<Config>,
     pub subscriptions: Arc<Subscriptions>,

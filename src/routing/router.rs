@@ -1,7 +1,7 @@
 //! Grouping a transaction's events into webhooks per subscription.
 //!
 //! Events of one kind, from one source transaction, for one subscription go out
-//! as one webhook whose array holds every item, up to `delivery.max_batch`
+//! as one webhook whose array contains every item, up to `delivery.max_batch`
 //! items. Each webhook's id is derived from the commit LSN, the index of its
 //! first event in the transaction and the subscription, so it is the same
 //! whenever the transaction is decoded again.
