@@ -27,6 +27,13 @@ GRANT USAGE ON SCHEMA public TO walhook;
 GRANT SELECT ON public.jobs, public.chats, public.hes_scores, public.tickets,
     public.webhook_subscriptions, public.accounts TO walhook;
 
+-- Every UPDATE of a watched table must carry the old row, so that walhook
+-- can tell what changed. The subscriptions table needs only its key.
+ALTER TABLE public.jobs REPLICA IDENTITY FULL;
+ALTER TABLE public.chats REPLICA IDENTITY FULL;
+ALTER TABLE public.hes_scores REPLICA IDENTITY FULL;
+ALTER TABLE public.tickets REPLICA IDENTITY FULL;
+
 -- The durable queue lives in its own schema. Either let walhook create it ...
 GRANT CREATE ON DATABASE app TO walhook;
 -- ... or create it here and give it to walhook:

@@ -15,3 +15,23 @@ pub async fn connect(config: &Config, role: &'static str) -> Result<Client, toki
     });
     Ok(client)
 }
+
+/// Describes a tokio-postgres error with what the server reported: message,
+/// SQLSTATE, detail and hint, or the I/O cause. The error's own `Display`
+/// prints only "db error".
+pub fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!("; {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; hint: {hint}"));
+        }
+        return text;
+    }
+    match std::error::Error::source(err) {
+        Some(cause) => format!("{err}: {cause}"),
+        None => err.to_string(),
+    }
+}

@@ -78,14 +78,14 @@ async fn connect(config: &Config) -> Result<Client, String> {
     let postgres = config.source_postgres().map_err(|err| err.to_string())?;
     crate::db::connect(&postgres, "application")
         .await
-        .map_err(|err| format!("{err}; check source.url and that the server accepts the role"))
+        .map_err(|err| format!("{}; check source.url and that the server accepts the role", crate::db::describe(&err)))
 }
 
 async fn setting(client: &Client, name: &str) -> Result<String, String> {
     let row = client
         .query_one("SELECT current_setting($1)", &[&name])
         .await
-        .map_err(|err| format!("cannot read setting `{name}`: {err}"))?;
+        .map_err(|err| format!("cannot read setting `{name}`: {}", crate::db::describe(&err)))?;
     Ok(row.get(0))
 }
 
@@ -141,7 +141,7 @@ async fn check_replication_role(client: &Client) -> Finding {
                 ),
             )
         }
-        Err(err) => Finding::failed(name, err.to_string()),
+        Err(err) => Finding::failed(name, crate::db::describe(&err)),
     }
 }
 
@@ -171,7 +171,7 @@ async fn check_publication(client: &Client, config: &Config) -> Vec<Finding> {
         .await
     {
         Ok(rows) => rows,
-        Err(err) => return vec![Finding::failed(name, err.to_string())],
+        Err(err) => return vec![Finding::failed(name, crate::db::describe(&err))],
     };
     let exists = client
         .query_opt(
@@ -305,7 +305,7 @@ async fn check_table(
         Ok(None) => {
             return Finding::failed(name, "table not found; fix its `table` key in config.toml")
         }
-        Err(err) => return Finding::failed(name, err.to_string()),
+        Err(err) => return Finding::failed(name, crate::db::describe(&err)),
     };
     let identity: String = row.get(0);
     let existing: Vec<String> = row.get(1);
@@ -355,7 +355,7 @@ async fn check_slot(client: &Client, config: &Config) -> Finding {
                 Finding::ok(name)
             }
         }
-        Err(err) => Finding::failed(name, err.to_string()),
+        Err(err) => Finding::failed(name, crate::db::describe(&err)),
     }
 }
 
@@ -369,7 +369,7 @@ async fn check_queue(config: &Config) -> Finding {
     let client = match crate::db::connect(&postgres, "queue").await {
         Ok(client) => client,
         Err(err) => {
-            return Finding::failed(name, format!("cannot connect to the queue database: {err}"))
+            return Finding::failed(name, format!("cannot connect to the queue database: {}", crate::db::describe(&err)))
         }
     };
     let sql = "SELECT count(*) FROM pg_tables WHERE schemaname = $1
@@ -377,6 +377,6 @@ async fn check_queue(config: &Config) -> Finding {
     match client.query_one(sql, &[schema]).await {
         Ok(row) if row.get::<_, i64>(0) == 4 => Finding::ok(name),
         Ok(_) => Finding::failed(name, "missing or incomplete; run `walhook setup`"),
-        Err(err) => Finding::failed(name, err.to_string()),
+        Err(err) => Finding::failed(name, crate::db::describe(&err)),
     }
 }

@@ -7,7 +7,7 @@ use super::{Config, Secret};
 /// A configuration mistake, with the key and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file `{path}`: {source}")]
+    #[error("cannot read config file `{path}`")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -16,7 +16,7 @@ pub enum ConfigError {
     Parse { location: String, message: String },
     #[error("invalid config key `{key}`: {message}")]
     Invalid { key: String, message: String },
-    #[error("cannot read `{key}` file `{path}`: {source}")]
+    #[error("cannot read `{key}` file `{path}`")]
     ReadSecret {
         key: String,
         path: PathBuf,

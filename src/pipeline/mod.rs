@@ -57,9 +57,9 @@ pub enum PipelineError {
     },
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-    #[error("queue database: {0}")]
+    #[error("queue database: {}", crate::db::describe(.0))]
     Queue(tokio_postgres::Error),
-    #[error("application database: {0}")]
+    #[error("application database: {}", crate::db::describe(.0))]
     Source(tokio_postgres::Error),
     #[error("replication slot `{slot}` uses plugin `{plugin}`, not `pgoutput`: drop it or set source.slot to another name")]
     SlotPlugin { slot: String, plugin: String },
@@ -196,9 +196,9 @@ async fn load_subscriptions(config: &Config, subscriptions: &Subscriptions) -> a
         .await
         .map_err(|err| {
             anyhow::anyhow!(
-                "cannot read subscriptions table `{}`: {err}",
+                "cannot read subscriptions table `{}`: {}",
                 config.subscriptions.table
-            )
+            , crate::db::describe(&err))
         })?;
     tracing::info!(
         subscriptions = loaded,

@@ -365,6 +365,9 @@ impl Processor {
         Ok(row.and_then(|row| row.get::<_, Option<String>>(0)))
     }
 
+    /// Turns a transactional `walhook` logical message into PING events of
+    /// the open transaction. A non-transactional message is sent even when its
+    /// transaction rolls back, so it is rejected.
     fn logical_message(
         &mut self,
         body: LogicalMessageBody,
@@ -372,7 +375,11 @@ impl Processor {
         if body.prefix != rules::ping::MESSAGE_PREFIX {
             return Ok(None);
         }
-        if body.transactional && self.open.as_ref().is_some_and(|open| open.skipped) {
+        let Some(open) = self.open.as_mut().filter(|_| body.transactional) else {
+            tracing::error!(lsn = %body.lsn, "non-transactional walhook message ignored; send it with pg_logical_emit_message(true, 'walhook', ...) so it counts only if its transaction commits");
+            return Ok(None);
+        };
+        if open.skipped {
             return Ok(None);
         }
         let events = match rules::ping::events_from_message(&body.content) {
@@ -382,20 +389,11 @@ impl Processor {
                 return Ok(None);
             }
         };
-        match self.open.as_mut() {
-            Some(open) if body.transactional => {
-                open.events.extend(events);
-                Ok(self.take_full_chunk())
-            }
-            // A non-transactional message is a transaction of its own, at its LSN.
-            _ => Ok(Some(EventBatch {
-                commit_lsn: body.lsn,
-                first_event_index: 0,
-                events,
-                end_lsn: Some(body.lsn),
-                already_stored: body.lsn <= self.stored_commit_lsn,
-            })),
+        if events.is_empty() {
+            tracing::warn!(lsn = %body.lsn, "PING request lists no jobs, nothing to send");
         }
+        open.events.extend(events);
+        Ok(self.take_full_chunk())
     }
 
     fn log_truncate(&self, rel_ids: &[Oid]) {

@@ -24,7 +24,7 @@ pub struct Progress {
 /// A failed queue read or write.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("queue database: {0}")]
+    #[error("queue database: {}", crate::db::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("queue table `progress` holds an invalid LSN `{0}`")]
     InvalidLsn(String),
