@@ -57,9 +57,31 @@ enum Outcome {
 ///
 /// NOTE: the successful end, with every webhook from a real `walhook run`,
 /// has only run against webhooks posted by the unit tests.
+///
+/// SIGINT or SIGTERM at any stage stops the demo; dropping its future stops
+/// the daemon and removes the cluster.
 pub async fn run() -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the path of the walhook binary")?;
-    run_with(&exe).await
+    tokio::select! {
+        result = run_with(&exe) => result,
+        signal = interrupted() => {
+            say(&format!("{signal} received, stopping and removing the cluster"));
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM and returns its name; waits forever when the
+/// handlers cannot be installed.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 /// Runs the demo with `exe` as the `walhook` binary.
@@ -257,8 +279,14 @@ fn record_webhook(
     missing: &mut BTreeSet<EventKind>,
     out: &mut impl Write,
 ) {
-    write_body(&request.body, out);
     let event = request.event();
+    say(&format!(
+        "{} to `{}`, webhook-id `{}`",
+        event.as_deref().unwrap_or("unknown event"),
+        request.path,
+        request.header("webhook-id").unwrap_or("none")
+    ));
+    write_body(&request.body, out);
     if !request.signature_valid {
         say(&format!(
             "{} webhook to `{}` has no valid signature; not counted",
