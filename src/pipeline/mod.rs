@@ -140,6 +140,7 @@ async fn replicate(context: &StreamContext) {
                     delay = FIRST_RETRY_DELAY;
                 }
                 tracing::error!(error = %err, retry_in = ?delay, "replication session failed, reconnecting");
+                crate::ops::replication_failed(&err);
                 let jittered =
                     delay.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2));
                 stream::pause(&context.shutdown, jittered).await;

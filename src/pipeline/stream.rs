@@ -60,6 +60,7 @@ pub async fn stream_once(context: &StreamContext) -> Result<(), PipelineError> {
         .start_logical_replication(&config.source.slot, start, &config.source.publication)
         .await?;
     tracing::info!(slot = %config.source.slot, lsn = %start, "replication started");
+    crate::ops::replication_started(start);
 
     let mut processor = Processor::new(
         Arc::clone(config),
@@ -104,6 +105,7 @@ async fn handle_message(
     match message {
         ReplicationMessage::XLogData(xlog) => {
             positions.received = positions.received.max(xlog.wal_end);
+            crate::ops::metrics::wal_received(xlog.wal_end, xlog.server_clock);
             let decoded = pgoutput::decode(&xlog.data)?;
             if let Some(committed) = processor.handle(decoded).await? {
                 let end_lsn = store(context, processor, outbox, committed).await?;
@@ -112,6 +114,7 @@ async fn handle_message(
         }
         ReplicationMessage::PrimaryKeepalive(keepalive) => {
             positions.received = positions.received.max(keepalive.wal_end);
+            crate::ops::metrics::wal_received(keepalive.wal_end, keepalive.server_clock);
             // Every change before the keepalive has arrived, so when no
             // transaction is open there is nothing left to store below it.
             if !processor.in_transaction() {
@@ -138,6 +141,7 @@ async fn store(
         tracing::debug!(lsn = %lsn, "transaction already stored, skipped");
         return Ok(committed.end_lsn);
     }
+    crate::ops::metrics::events_detected(&committed.events);
     let max_batch = context.config.delivery.max_batch;
     let deliveries = route(lsn, &committed.events, &context.subscriptions, max_batch);
     if deliveries.is_empty() {
@@ -176,6 +180,7 @@ async fn send_status(
         reply_requested,
     };
     stream.send_status(status).await?;
+    crate::ops::metrics::status_sent(positions.received, positions.confirmed);
     tracing::debug!(received = %positions.received, confirmed = %positions.confirmed, "status update sent");
     Ok(())
 }
