@@ -1,6 +1,7 @@
-//! The command line: `run`, `check`, `setup` and `demo`.
+//! The command line: `run`, `check`, `setup`, `ping` and `demo`.
 
 mod check;
+mod ping;
 mod setup;
 
 use std::path::PathBuf;
@@ -45,6 +46,19 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Request a PING: write the logical decoding message that the daemon
+    /// turns into a PING webhook for the subscription.
+    Ping {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/walhook/config.toml")]
+        config: PathBuf,
+        /// Id of the subscription in the application's subscriptions table.
+        #[arg(long)]
+        subscription: i64,
+        /// Id of a job to include; repeat for several jobs.
+        #[arg(long = "job", required = true, num_args = 1..)]
+        jobs: Vec<i64>,
+    },
     /// Run the whole pipeline on a throwaway local PostgreSQL cluster and print
     /// each webhook that arrives.
     Demo,
@@ -57,6 +71,11 @@ pub async fn main() -> ExitCode {
         Command::Run { config } => run(&config).await,
         Command::Check { config } => check::run(&config).await,
         Command::Setup { config, print } => setup::run(&config, print).await,
+        Command::Ping {
+            config,
+            subscription,
+            jobs,
+        } => ping::run(&config, subscription, &jobs).await,
         Command::Demo => {
             crate::ops::logging::init("warn,walhook=info");
             return match crate::demo::run().await {
@@ -77,7 +96,11 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "walhook starting");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    crate::pipeline::run(config, shutdown).await?;
+    let ops = crate::ops::start(&config, shutdown.clone()).await?;
+    let pipeline = crate::pipeline::run(config, shutdown.clone());
+    let result = crate::ops::run_with_grace(pipeline, &shutdown, crate::ops::SHUTDOWN_GRACE).await;
+    ops.stop().await;
+    result?;
     tracing::info!("walhook stopped");
     Ok(())
 }
