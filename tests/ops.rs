@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{expect_delivery, generate_secret, loopback_addr, Daemon, Receiver, TestDb};
+use support::{expect_delivery, generate_secret, loopback_addr, Daemon, Receiver, Reply, TestDb};
 use tokio_postgres::types::ToSql;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -438,4 +438,63 @@ async fn cli_ping_arrives() {
         .unwrap_or_default();
     assert_eq!(ids, ["5001", "5002"], "both jobs in one PING: {json}");
     daemon.terminate();
+}
+
+#[tokio::test]
+async fn shutdown_abandons_slow_delivery() {
+    let setup = setup().await;
+    // The request may take 120 s, so only the shutdown deadline ends it.
+    let config = setup
+        .config()
+        .replacen("timeout = \"5s\"", "timeout = \"120s\"", 1);
+    let path = format!("/company-{COMPANY}");
+    setup
+        .receiver
+        .set_fallback(&path, Reply::status(200).after(Duration::from_secs(120)));
+    let mut daemon = Daemon::setup_and_start(&config);
+    wait_ready(&setup).await;
+
+    setup
+        .db
+        .execute("UPDATE jobs SET stage_id = 2 WHERE id = 5001")
+        .await;
+    expect_delivery(
+        &setup.receiver,
+        WAIT,
+        "the stage change, held by the receiver",
+    )
+    .await;
+
+    let signalled = Instant::now();
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = loop {
+        if let Some(status) = daemon.try_exit_status() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(60),
+            "the daemon did not exit within 60 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let waited = signalled.elapsed();
+
+    assert!(
+        status.success(),
+        "the daemon exits 0 at the deadline: {status}"
+    );
+    assert!(
+        waited >= Duration::from_secs(25),
+        "the daemon waited for the in-flight delivery: exited after {waited:?}"
+    );
+    let client = setup.db.connect().await;
+    let row = client
+        .query_one("SELECT status FROM walhook.deliveries", &[])
+        .await
+        .expect("one delivery row");
+    let delivery_status: String = row.get(0);
+    assert_eq!(
+        delivery_status, "pending",
+        "the abandoned delivery stays pending"
+    );
 }

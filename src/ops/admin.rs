@@ -265,3 +265,34 @@ fn database_error(err: &DatabaseError) -> Response {
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_matches_only_itself() {
+        let token = AdminToken::new(Secret::new("s3cret-token".to_owned()));
+        assert!(token.matches("s3cret-token"), "the same token matches");
+        assert!(
+            !token.matches("s3cret-tokeN"),
+            "a token differing in one byte does not"
+        );
+        assert!(!token.matches("s3cret"), "a prefix does not match");
+        assert!(!token.matches(""), "an empty token does not match");
+    }
+
+    #[test]
+    fn subscription_key_accepts_id_or_key() {
+        assert_eq!(subscription_key("42"), "sub_42");
+        assert_eq!(subscription_key("sub_42"), "sub_42");
+        assert_eq!(subscription_key("endpoint_0a1b2c"), "endpoint_0a1b2c");
+    }
+
+    #[test]
+    fn since_requires_rfc3339() {
+        assert!(parse_since("2026-05-20T00:00:00Z").is_ok());
+        let error = parse_since("yesterday").expect_err("not a time");
+        assert!(error.contains("`yesterday`"), "{error}");
+    }
+}
