@@ -16,7 +16,7 @@ struct Health {
     last_progress_ms: AtomicU64,
     streaming: AtomicBool,
     stopping: AtomicBool,
-    /// Why the pipeline is not streaming; empty while it streams.
+    /// Reason the pipeline is not streaming, empty while it streams.
     reason: Mutex<String>,
 }
 

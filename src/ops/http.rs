@@ -19,7 +19,7 @@ use super::admin::{self, AdminToken};
 use super::database::{queue_stats, LazyClient};
 use super::{health, metrics};
 
-/// What the handlers share.
+/// State shared by the handlers.
 pub struct OpsState {
     pub queue: Arc<LazyClient>,
     pub source: Arc<LazyClient>,

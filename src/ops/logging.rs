@@ -23,6 +23,8 @@ pub fn init(filter: &str) {
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
 
+    // NOTE: no automated test covers the journald branch, because the test
+    // machines run no journald; the stderr branch is what the tests see.
     if is_stderr_journal() {
         match tracing_journald::layer() {
             Ok(journald) => {
