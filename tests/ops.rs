@@ -278,7 +278,21 @@ async fn metrics_parse_and_count_events() {
         .await;
     expect_delivery(&setup.receiver, WAIT, "the stage change").await;
 
-    let after = scrape(&setup).await;
+    // The attempt is recorded after the receiver has the request, so the
+    // scrape waits for the delivery counter.
+    let subscription = format!("sub_{}", setup.subscription);
+    let delivered_labels = [
+        ("outcome", "delivered"),
+        ("subscription", subscription.as_str()),
+    ];
+    let deadline = Instant::now() + WAIT;
+    let mut after = scrape(&setup).await;
+    while sample(&after, "walhook_deliveries_total", &delivered_labels).is_none()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = scrape(&setup).await;
+    }
     let stage_after = sample(
         &after,
         "walhook_events_total",
@@ -293,12 +307,7 @@ async fn metrics_parse_and_count_events() {
         Some(1.0),
         "one STAGE_CHANGED counted after the write"
     );
-    let subscription = format!("sub_{}", setup.subscription);
-    let delivered = sample(
-        &after,
-        "walhook_deliveries_total",
-        &[("outcome", "delivered"), ("subscription", &subscription)],
-    );
+    let delivered = sample(&after, "walhook_deliveries_total", &delivered_labels);
     assert_eq!(delivered, Some(1.0), "one delivery counted as delivered");
     daemon.terminate();
 }
