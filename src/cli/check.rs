@@ -118,8 +118,9 @@ async fn check_sender_limits(client: &Client) -> Finding {
     Finding::ok(name)
 }
 
-/// The REPLICATION attribute is not inherited, but managed services grant
-/// replication through membership in a role of their own.
+/// Checks the role's right to replicate. The REPLICATION attribute is not
+/// inherited, but managed services grant it through membership in a role of
+/// their own.
 async fn check_replication_role(client: &Client) -> Finding {
     let name = "role may replicate";
     let sql = "SELECT current_user::text,
@@ -207,8 +208,8 @@ async fn check_publication(client: &Client, config: &Config) -> Vec<Finding> {
     findings
 }
 
-/// Every mapped table with the columns its rules read, and whether its rules
-/// need the old row of an UPDATE.
+/// Returns every mapped table with the columns its rules read, and whether
+/// its rules need the old row of an UPDATE.
 fn mapped_columns(config: &Config) -> Vec<(QualifiedName, Vec<String>, bool)> {
     let tables = &config.tables;
     let jobs = &tables.jobs;

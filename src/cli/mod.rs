@@ -1,8 +1,9 @@
-//! The command line: `run`, `check`, `setup`, `ping` and `demo`.
+//! The command line: `run`, `check`, `setup`, `skip`, `ping` and `demo`.
 
 mod check;
 mod ping;
 mod setup;
+mod skip;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,19 @@ enum Command {
         #[arg(long = "job", required = true, num_args = 1..)]
         jobs: Vec<i64>,
     },
+    /// Skip one source transaction that cannot be processed: its webhooks are
+    /// not sent, and the stream continues after it.
+    Skip {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/walhook/config.toml")]
+        config: PathBuf,
+        /// LSN of the transaction's commit, as the error log names it (`0/1A2B3C4`).
+        #[arg(long)]
+        lsn: String,
+        /// Reason for skipping, stored with the decision.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Run the whole pipeline on a throwaway local PostgreSQL cluster and print
     /// each webhook that arrives.
     Demo,
@@ -76,6 +90,11 @@ pub async fn main() -> ExitCode {
             subscription,
             jobs,
         } => ping::run(&config, subscription, &jobs).await,
+        Command::Skip {
+            config,
+            lsn,
+            reason,
+        } => skip::run(&config, &lsn, &reason).await,
         Command::Demo => {
             crate::ops::logging::init("warn,walhook=info");
             return match crate::demo::run().await {

@@ -37,6 +37,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
     pub tables: Tables,
     pub subscriptions: SubscriptionsTable,
     /// Static subscriptions that receive the events of every tenant.
@@ -61,7 +63,7 @@ pub struct SourceConfig {
     /// Password read from `password_file`; not a key of the file.
     #[serde(skip)]
     pub password: Option<Secret>,
-    /// Interval between standby status updates when the server asks for none.
+    /// Interval between standby status updates when the server requests none.
     #[serde(
         default = "default_status_interval",
         deserialize_with = "duration::deserialize"
@@ -108,6 +110,16 @@ pub struct DeliveryConfig {
     /// Networks let through although private, such as `["127.0.0.1/32"]`.
     #[serde(default)]
     pub allowed_networks: Vec<ipnet::IpNet>,
+}
+
+/// `[replication]`: what the daemon may do to its slot.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Drops and re-creates a slot that PostgreSQL invalidated, logging the
+    /// LSN range whose changes are lost, instead of stopping with an error.
+    #[serde(default)]
+    pub recreate_invalidated_slot: bool,
 }
 
 /// `[http]`: the operations endpoint.

@@ -109,6 +109,16 @@ pub fn replication_failed(err: &dyn std::fmt::Display) {
     metrics::session_failed();
 }
 
+/// Records that this process waits for the replication slot, which another
+/// process streams from: `/readyz` returns 503 with `reason`, and the
+/// watchdog stays fed because waiting is progress.
+pub fn replication_waiting(reason: &str) {
+    if !health::is_stopping() {
+        health::set_streaming(false, reason);
+    }
+    health::mark_progress();
+}
+
 /// Runs `pipeline` to its end, or until `grace` after `shutdown` fires,
 /// whichever comes first. Abandoning the pipeline at the deadline is
 /// not an error: its unfinished deliveries stay pending in the queue.

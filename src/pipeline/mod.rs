@@ -6,6 +6,8 @@
 //! cache, after a capped exponential backoff.
 
 mod processor;
+mod slot;
+mod store;
 mod stream;
 
 use std::sync::Arc;
@@ -25,6 +27,8 @@ pub use stream::StreamContext;
 
 const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// Interval of a standby instance's attempts to take over a slot in use.
+const SLOT_IN_USE_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// A failure that ends one replication session.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +49,7 @@ pub enum PipelineError {
         expected: usize,
         found: usize,
     },
-    #[error("transaction at `{lsn}`, table `{table}`: {source}; nothing past it is confirmed")]
+    #[error("transaction `{lsn}`, table `{table}`: {source}; nothing past it is confirmed until it is fixed, or skipped with `walhook skip --lsn {lsn}`")]
     Rule {
         lsn: Lsn,
         table: String,
@@ -57,10 +61,21 @@ pub enum PipelineError {
     Queue(tokio_postgres::Error),
     #[error("application database: {0}")]
     Source(tokio_postgres::Error),
-    #[error("replication slot `{0}` does not exist: run `walhook setup` or create it with pg_create_logical_replication_slot('{0}', 'pgoutput')")]
-    SlotMissing(String),
+    #[error("replication slot `{slot}` uses plugin `{plugin}`, not `pgoutput`: drop it or set source.slot to another name")]
+    SlotPlugin { slot: String, plugin: String },
+    #[error("replication slot `{slot}` was invalidated (wal_status = lost), so changes after `{lsn}` were removed before walhook read them: raise max_slot_wal_keep_size, set replication.recreate_invalidated_slot = true to continue from now, and redeliver the gap from the application")]
+    SlotInvalidated { slot: String, lsn: Lsn },
     #[error("the server ended the replication stream")]
     StreamEnded,
+    #[error("replication task panicked: {0}")]
+    Panicked(String),
+}
+
+impl PipelineError {
+    /// Tells whether another process streams from the slot (SQLSTATE 55006).
+    pub fn is_slot_in_use(&self) -> bool {
+        matches!(self, PipelineError::Replication(err) if err.is_slot_in_use())
+    }
 }
 
 /// Runs the daemon until `shutdown` is cancelled.
@@ -83,7 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         deliveries_stored,
         shutdown: shutdown.clone(),
     };
-    replicate(&context).await;
+    replicate(Arc::new(context)).await;
 
     delivery
         .await
@@ -128,25 +143,48 @@ async fn run_workers(
     workers.run(shutdown.clone()).await
 }
 
-/// Streams, reconnecting after each failure, until shutdown.
-async fn replicate(context: &StreamContext) {
+/// Streams, reconnecting after each failure, until shutdown. Each session
+/// runs in a task of its own, so a panic in it ends only that session, and
+/// the next one starts from the stored position with a fresh relation cache.
+async fn replicate(context: Arc<StreamContext>) {
     let mut delay = FIRST_RETRY_DELAY;
+    let mut waiting_for_slot = false;
     while !context.shutdown.is_cancelled() {
         let started = tokio::time::Instant::now();
-        match stream::stream_once(context).await {
-            Ok(()) => return,
-            Err(err) => {
-                if started.elapsed() > MAX_RETRY_DELAY * 2 {
-                    delay = FIRST_RETRY_DELAY;
-                }
-                tracing::error!(error = %err, retry_in = ?delay, "replication session failed, reconnecting");
-                crate::ops::replication_failed(&err);
-                let jittered =
-                    delay.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2));
-                stream::pause(&context.shutdown, jittered).await;
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
+        let session = tokio::spawn(stream::stream_once(Arc::clone(&context)));
+        let err = match session.await {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => err,
+            Err(join_error) => PipelineError::Panicked(join_error.to_string()),
+        };
+
+        if err.is_slot_in_use() {
+            if !waiting_for_slot {
+                tracing::info!(slot = %context.config.source.slot, "replication slot is in use by another process, waiting to take over");
+                waiting_for_slot = true;
             }
+            crate::ops::replication_waiting("replication slot is in use by another process");
+            refresh_subscriptions(&context).await;
+            stream::pause(&context.shutdown, SLOT_IN_USE_RETRY_DELAY).await;
+            continue;
         }
+        waiting_for_slot = false;
+        if started.elapsed() > MAX_RETRY_DELAY * 2 {
+            delay = FIRST_RETRY_DELAY;
+        }
+        tracing::error!(error = %err, retry_in = ?delay, "replication session failed, reconnecting");
+        crate::ops::replication_failed(&err);
+        let jittered = delay.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2));
+        stream::pause(&context.shutdown, jittered).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+/// Reloads the subscriptions table while another process streams from the slot, so
+/// this process's delivery workers see subscriptions changed meanwhile.
+async fn refresh_subscriptions(context: &StreamContext) {
+    if let Err(err) = load_subscriptions(&context.config, &context.subscriptions).await {
+        tracing::warn!(error = %format!("{err:#}"), "reloading subscriptions failed");
     }
 }
 

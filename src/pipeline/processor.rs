@@ -6,7 +6,7 @@
 //! and subscription changes apply before the transaction's events are routed at
 //! its commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio_postgres::{Client, Statement};
@@ -29,19 +29,33 @@ enum TableRole {
     Subscriptions,
 }
 
-/// A source transaction whose commit arrived, with its events.
+/// Events held for an open transaction before they go to the queue as a
+/// chunk, so that a transaction of a million rows needs bounded memory.
+const CHUNK_EVENTS: usize = 10_000;
+
+/// Events of one source transaction for the queue: a chunk while the
+/// transaction is still arriving, or the rest of it at its commit.
 #[derive(Debug)]
-pub struct CommittedTransaction {
+pub struct EventBatch {
+    /// LSN of the transaction's commit record, known from its Begin.
     pub commit_lsn: Lsn,
-    pub end_lsn: Lsn,
+    /// Index, in the whole transaction, of the first event of `events`.
+    pub first_event_index: usize,
     pub events: Vec<Event>,
-    /// Whether the queue already holds this transaction's deliveries.
+    /// End of the commit record once the whole transaction has arrived;
+    /// `None` for a chunk.
+    pub end_lsn: Option<Lsn>,
+    /// Whether the queue already contains this transaction's deliveries.
     pub already_stored: bool,
 }
 
 struct OpenTransaction {
     final_lsn: Lsn,
     events: Vec<Event>,
+    /// Events of this transaction already handed out in chunks.
+    events_handed_out: usize,
+    /// Whether the operator chose to skip this transaction.
+    skipped: bool,
 }
 
 /// Decoded messages in, committed transactions out.
@@ -55,6 +69,8 @@ pub struct Processor {
     account_name: Option<Statement>,
     /// Commit LSN of the last transaction stored in the queue.
     stored_commit_lsn: Lsn,
+    /// Commit LSNs of the transactions the operator chose to skip.
+    skipped: HashSet<Lsn>,
     open: Option<OpenTransaction>,
 }
 
@@ -64,6 +80,7 @@ impl Processor {
         subscriptions: Arc<Subscriptions>,
         lookups: Client,
         stored_commit_lsn: Lsn,
+        skipped: HashSet<Lsn>,
     ) -> Processor {
         Processor {
             roles: table_roles(&config),
@@ -74,6 +91,7 @@ impl Processor {
             lookups,
             account_name: None,
             stored_commit_lsn,
+            skipped,
             open: None,
         }
     }
@@ -83,16 +101,20 @@ impl Processor {
         self.open.is_some()
     }
 
-    /// Processes one message; returns the transaction that a Commit completes.
-    pub async fn handle(
-        &mut self,
-        message: Message,
-    ) -> Result<Option<CommittedTransaction>, PipelineError> {
+    /// Processes one message; returns the events that are ready for the
+    /// queue: a full chunk, or the rest of a transaction at its Commit.
+    pub async fn handle(&mut self, message: Message) -> Result<Option<EventBatch>, PipelineError> {
         match message {
             Message::Begin(begin) => {
+                let skipped = self.skipped.contains(&begin.final_lsn);
+                if skipped {
+                    tracing::warn!(lsn = %begin.final_lsn, "transaction skipped as the operator chose; it raises no webhook");
+                }
                 self.open = Some(OpenTransaction {
                     final_lsn: begin.final_lsn,
                     events: Vec::new(),
+                    events_handed_out: 0,
+                    skipped,
                 });
             }
             Message::Commit(commit) => {
@@ -100,11 +122,12 @@ impl Processor {
                     .open
                     .take()
                     .ok_or(PipelineError::Protocol("Commit without Begin"))?;
-                return Ok(Some(CommittedTransaction {
-                    commit_lsn: commit.commit_lsn,
-                    end_lsn: commit.end_lsn,
+                return Ok(Some(EventBatch {
+                    commit_lsn: open.final_lsn,
+                    first_event_index: open.events_handed_out,
                     already_stored: open.final_lsn <= self.stored_commit_lsn,
                     events: open.events,
+                    end_lsn: Some(commit.end_lsn),
                 }));
             }
             Message::Relation(body) => {
@@ -114,12 +137,14 @@ impl Processor {
             Message::Insert(body) => {
                 let relation = self.relation(body.rel_id, [Some(&body.new)])?;
                 self.process(RowChange::insert(relation, body.new)).await?;
+                return Ok(self.take_full_chunk());
             }
             Message::Update(body) => {
                 let old = body.old.as_ref().map(OldTuple::tuple);
                 let relation = self.relation(body.rel_id, [old, Some(&body.new)])?;
                 self.process(RowChange::update(relation, body.old, body.new))
                     .await?;
+                return Ok(self.take_full_chunk());
             }
             Message::Delete(body) => {
                 let relation = self.relation(body.rel_id, [Some(body.old.tuple())])?;
@@ -132,7 +157,25 @@ impl Processor {
         Ok(None)
     }
 
-    /// Records that the queue holds every transaction up to `commit_lsn`.
+    /// Returns the open transaction's events as a chunk once there are
+    /// [`CHUNK_EVENTS`] of them.
+    fn take_full_chunk(&mut self) -> Option<EventBatch> {
+        let open = self
+            .open
+            .as_mut()
+            .filter(|open| open.events.len() >= CHUNK_EVENTS)?;
+        let first_event_index = open.events_handed_out;
+        open.events_handed_out += open.events.len();
+        Some(EventBatch {
+            commit_lsn: open.final_lsn,
+            first_event_index,
+            events: std::mem::take(&mut open.events),
+            end_lsn: None,
+            already_stored: open.final_lsn <= self.stored_commit_lsn,
+        })
+    }
+
+    /// Records that the queue contains every transaction up to `commit_lsn`.
     pub fn mark_stored(&mut self, commit_lsn: Lsn) {
         self.stored_commit_lsn = self.stored_commit_lsn.max(commit_lsn);
     }
@@ -162,6 +205,9 @@ impl Processor {
     }
 
     async fn process(&mut self, change: RowChange) -> Result<(), PipelineError> {
+        if self.open.as_ref().is_some_and(|open| open.skipped) {
+            return Ok(());
+        }
         let Some(role) = self.roles.get(&change.relation.name).copied() else {
             tracing::debug!(table = %change.relation.name, "change of an unmapped table ignored");
             return Ok(());
@@ -322,8 +368,11 @@ impl Processor {
     fn logical_message(
         &mut self,
         body: LogicalMessageBody,
-    ) -> Result<Option<CommittedTransaction>, PipelineError> {
+    ) -> Result<Option<EventBatch>, PipelineError> {
         if body.prefix != rules::ping::MESSAGE_PREFIX {
+            return Ok(None);
+        }
+        if body.transactional && self.open.as_ref().is_some_and(|open| open.skipped) {
             return Ok(None);
         }
         let events = match rules::ping::events_from_message(&body.content) {
@@ -336,14 +385,15 @@ impl Processor {
         match self.open.as_mut() {
             Some(open) if body.transactional => {
                 open.events.extend(events);
-                Ok(None)
+                Ok(self.take_full_chunk())
             }
-            // A non-transactional message stands alone, at its own LSN.
-            _ => Ok(Some(CommittedTransaction {
+            // A non-transactional message is a transaction of its own, at its LSN.
+            _ => Ok(Some(EventBatch {
                 commit_lsn: body.lsn,
-                end_lsn: body.lsn,
-                already_stored: body.lsn <= self.stored_commit_lsn,
+                first_event_index: 0,
                 events,
+                end_lsn: Some(body.lsn),
+                already_stored: body.lsn <= self.stored_commit_lsn,
             })),
         }
     }

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use crate::config::quote_ident;
 
-/// Which deliveries to list; `None` fields match everything.
+/// Filter of the deliveries to list; `None` fields match everything.
 #[derive(Clone, Debug, Default)]
 pub struct DeliveryFilter {
     /// `pending`, `delivered` or `failed`.

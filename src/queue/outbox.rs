@@ -6,7 +6,9 @@
 //! source transactions whose commit LSN is at or below the stored one are
 //! skipped, so each change is enqueued once.
 
-use tokio_postgres::Client;
+use std::collections::HashSet;
+
+use tokio_postgres::{Client, GenericClient};
 
 use crate::config::quote_ident;
 use crate::replication::Lsn;
@@ -35,6 +37,7 @@ pub struct Outbox {
     insert_sql: String,
     progress_sql: String,
     select_progress_sql: String,
+    select_skipped_sql: String,
 }
 
 impl Outbox {
@@ -61,6 +64,9 @@ impl Outbox {
             select_progress_sql: format!(
                 "SELECT commit_lsn::text, end_lsn::text FROM {schema}.progress WHERE slot = $1"
             ),
+            select_skipped_sql: format!(
+                "SELECT commit_lsn::text FROM {schema}.skipped_transactions WHERE slot = $1"
+            ),
         }
     }
 
@@ -83,6 +89,21 @@ impl Outbox {
         }))
     }
 
+    /// Returns the commit LSNs of the transactions the operator chose to skip.
+    pub async fn skipped_transactions(&self) -> Result<HashSet<Lsn>, OutboxError> {
+        let rows = self
+            .client
+            .query(&self.select_skipped_sql, &[&self.slot])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let text: String = row.get(0);
+                text.parse::<Lsn>()
+                    .map_err(|_| OutboxError::InvalidLsn(text))
+            })
+            .collect()
+    }
+
     /// Stores the deliveries of one source transaction and its LSNs, in one
     /// queue transaction.
     pub async fn store(
@@ -91,29 +112,7 @@ impl Outbox {
         deliveries: &[NewDelivery],
     ) -> Result<(), OutboxError> {
         let transaction = self.client.transaction().await?;
-        if !deliveries.is_empty() {
-            let column =
-                |f: fn(&NewDelivery) -> String| deliveries.iter().map(f).collect::<Vec<String>>();
-            let event_indexes: Vec<i32> = deliveries
-                .iter()
-                .map(|d| i32::try_from(d.event_index).unwrap_or(i32::MAX))
-                .collect();
-            transaction
-                .execute(
-                    &self.insert_sql,
-                    &[
-                        &column(|d| d.webhook_id.clone()),
-                        &column(|d| d.commit_lsn.to_string()),
-                        &event_indexes,
-                        &column(|d| d.subscription.to_string()),
-                        &column(|d| d.url.clone()),
-                        &column(|d| d.kind.as_str().to_owned()),
-                        &column(|d| array_literal(&d.job_ids)),
-                        &column(|d| d.body.clone()),
-                    ],
-                )
-                .await?;
-        }
+        insert_deliveries(&transaction, &self.insert_sql, deliveries).await?;
         let commit = progress.commit_lsn.to_string();
         let end = progress.end_lsn.to_string();
         transaction
@@ -122,6 +121,43 @@ impl Outbox {
         transaction.commit().await?;
         Ok(())
     }
+
+    /// Stores deliveries of a transaction that is still arriving, without
+    /// progress; storing them again later is a no-op.
+    pub async fn store_chunk(&mut self, deliveries: &[NewDelivery]) -> Result<(), OutboxError> {
+        insert_deliveries(&self.client, &self.insert_sql, deliveries).await
+    }
+}
+
+async fn insert_deliveries(
+    client: &impl GenericClient,
+    insert_sql: &str,
+    deliveries: &[NewDelivery],
+) -> Result<(), OutboxError> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&NewDelivery) -> String| deliveries.iter().map(f).collect::<Vec<String>>();
+    let event_indexes: Vec<i32> = deliveries
+        .iter()
+        .map(|d| i32::try_from(d.event_index).unwrap_or(i32::MAX))
+        .collect();
+    client
+        .execute(
+            insert_sql,
+            &[
+                &column(|d| d.webhook_id.clone()),
+                &column(|d| d.commit_lsn.to_string()),
+                &event_indexes,
+                &column(|d| d.subscription.to_string()),
+                &column(|d| d.url.clone()),
+                &column(|d| d.kind.as_str().to_owned()),
+                &column(|d| array_literal(&d.job_ids)),
+                &column(|d| d.body.clone()),
+            ],
+        )
+        .await?;
+    Ok(())
 }
 
 fn array_literal(ids: &[i64]) -> String {

@@ -52,6 +52,16 @@ CREATE TABLE IF NOT EXISTS {schema}.attempts (
     PRIMARY KEY (delivery_id, attempt)
 );
 
+-- Source transactions that the operator chose to skip with `walhook skip`,
+-- by the LSN of their commit record.
+CREATE TABLE IF NOT EXISTS {schema}.skipped_transactions (
+    slot        text NOT NULL,
+    commit_lsn  pg_lsn NOT NULL,
+    reason      text NOT NULL DEFAULT '',
+    skipped_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot, commit_lsn)
+);
+
 -- Subscriptions that a receiver turned off with 410 Gone, until re-enabled.
 CREATE TABLE IF NOT EXISTS {schema}.disabled_subscriptions (
     subscription  text PRIMARY KEY,

@@ -72,7 +72,9 @@ impl ReplicationStream {
                     trace!(?message, "received replication message");
                     return Ok(Some(message));
                 }
-                Message::CopyDone => {
+                // A walsender that shuts down in `fast` mode may complete the
+                // command without a CopyDone first; either ends the stream.
+                Message::CopyDone | Message::CommandComplete(_) => {
                     debug!("server ended the replication stream");
                     self.server_copy_done = true;
                     return Ok(None);

@@ -1,7 +1,7 @@
 //! Grouping a transaction's events into webhooks per subscription.
 //!
 //! Events of one kind, from one source transaction, for one subscription go out
-//! as one webhook whose array holds every item, up to `delivery.max_batch`
+//! as one webhook whose array contains every item, up to `delivery.max_batch`
 //! items. Each webhook's id is derived from the commit LSN, the index of its
 //! first event in the transaction and the subscription, so it is the same
 //! whenever the transaction is decoded again.
@@ -34,9 +34,11 @@ struct Group {
     event_indexes: Vec<usize>,
 }
 
-/// Returns the webhooks of one committed transaction's events.
+/// Returns the webhooks of events of one committed transaction; the first of
+/// `events` has index `first_event_index` in the whole transaction.
 pub fn route(
     commit_lsn: Lsn,
+    first_event_index: usize,
     events: &[Event],
     subscriptions: &Subscriptions,
     max_batch: usize,
@@ -61,7 +63,13 @@ pub fn route(
     let mut deliveries = Vec::new();
     for group in &groups {
         for chunk in group.event_indexes.chunks(max_batch.max(1)) {
-            deliveries.push(delivery(commit_lsn, events, group, chunk));
+            deliveries.push(delivery(
+                commit_lsn,
+                first_event_index,
+                events,
+                group,
+                chunk,
+            ));
         }
     }
     deliveries
@@ -84,8 +92,14 @@ fn recipients(event: &Event, subscriptions: &Subscriptions) -> Vec<Arc<Subscript
     }
 }
 
-fn delivery(commit_lsn: Lsn, events: &[Event], group: &Group, chunk: &[usize]) -> NewDelivery {
-    let first = chunk[0];
+fn delivery(
+    commit_lsn: Lsn,
+    first_event_index: usize,
+    events: &[Event],
+    group: &Group,
+    chunk: &[usize],
+) -> NewDelivery {
+    let first = first_event_index + chunk[0];
     let items: Vec<serde_json::Value> = chunk.iter().map(|&i| events[i].item.clone()).collect();
     let mut job_ids: Vec<i64> = chunk
         .iter()
@@ -146,7 +160,7 @@ mod tests {
         let subscriptions = Subscriptions::default();
         subscriptions.upsert(subscription(7, Owner::Company(3), None));
         let events = [stage_event(1, 3), stage_event(2, 3)];
-        let deliveries = route(Lsn::from_u64(0x10), &events, &subscriptions, 100);
+        let deliveries = route(Lsn::from_u64(0x10), 0, &events, &subscriptions, 100);
         assert_eq!(deliveries.len(), 1);
         assert_eq!(
             deliveries[0].body,
@@ -160,7 +174,7 @@ mod tests {
         let subscriptions = Subscriptions::default();
         subscriptions.upsert(subscription(7, Owner::Company(3), None));
         let events: Vec<Event> = (0..5).map(|job| stage_event(job, 3)).collect();
-        let deliveries = route(Lsn::from_u64(0x10), &events, &subscriptions, 2);
+        let deliveries = route(Lsn::from_u64(0x10), 0, &events, &subscriptions, 2);
         let indexes: Vec<u32> = deliveries.iter().map(|d| d.event_index).collect();
         assert_eq!(indexes, vec![0, 2, 4]);
         let ids: std::collections::HashSet<_> =
@@ -187,12 +201,38 @@ mod tests {
         subscriptions.upsert(disabled);
         let deliveries = route(
             Lsn::from_u64(0x10),
+            0,
             &[stage_event(1, 3)],
             &subscriptions,
             100,
         );
         let receivers: Vec<_> = deliveries.iter().map(|d| d.subscription.clone()).collect();
         assert_eq!(receivers, vec![SubscriptionKey::App(1)]);
+    }
+
+    #[test]
+    fn chunk_offset_keeps_ids_distinct() {
+        let subscriptions = Subscriptions::default();
+        subscriptions.upsert(subscription(7, Owner::Company(3), None));
+        let first = route(
+            Lsn::from_u64(0x10),
+            0,
+            &[stage_event(1, 3)],
+            &subscriptions,
+            100,
+        );
+        let second = route(
+            Lsn::from_u64(0x10),
+            1,
+            &[stage_event(2, 3)],
+            &subscriptions,
+            100,
+        );
+        assert_eq!(
+            second[0].event_index, 1,
+            "the index counts from the transaction's start"
+        );
+        assert_ne!(first[0].webhook_id, second[0].webhook_id);
     }
 
     #[test]

@@ -102,6 +102,15 @@ impl Subscriptions {
         map.insert(subscription.key.clone(), Arc::new(subscription));
     }
 
+    /// Keeps only the subscriptions for whose key `keep` returns true.
+    pub fn retain(&self, keep: impl Fn(&SubscriptionKey) -> bool) {
+        let mut map = self
+            .by_key
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.retain(|key, _| keep(key));
+    }
+
     /// Removes a subscription.
     pub fn remove(&self, key: &SubscriptionKey) {
         let mut map = self

@@ -27,8 +27,9 @@ pub enum SubscriptionRowError {
     Row(#[from] crate::changes::RowError),
 }
 
-/// Loads every row of the subscriptions table into `subscriptions`, and
-/// returns how many were loaded.
+/// Loads every row of the subscriptions table into `subscriptions`, drops
+/// application subscriptions whose row is gone, and returns how many were
+/// loaded.
 pub async fn load_all(
     client: &Client,
     table: &SubscriptionsTable,
@@ -54,6 +55,7 @@ pub async fn load_all(
     );
     let rows = client.query(&sql, &[]).await?;
     let mut loaded = 0;
+    let mut seen = HashSet::new();
     for row in rows {
         let values: Vec<Option<String>> = (0..columns.len()).map(|i| row.get(i)).collect();
         let lookup = |column: &str| {
@@ -64,12 +66,14 @@ pub async fn load_all(
         };
         match parse(table, lookup) {
             Ok(subscription) => {
+                seen.insert(subscription.key.clone());
                 subscriptions.upsert(subscription);
                 loaded += 1;
             }
             Err(err) => tracing::error!(error = %err, "subscription skipped"),
         }
     }
+    subscriptions.retain(|key| matches!(key, SubscriptionKey::Endpoint(_)) || seen.contains(key));
     Ok(loaded)
 }
 

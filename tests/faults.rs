@@ -1,0 +1,637 @@
+//! Faults on purpose: schema changes while streaming, TRUNCATE, a large
+//! transaction, WAL retention while idle, a standby instance, PostgreSQL
+//! restarts, the queue database going away, a slow walsender timeout and a
+//! crash loop. In every case no change is lost and nothing is confirmed that
+//! is not stored.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use support::{expect_delivery, generate_secret, walhook, Daemon, Receiver, Reply, TestDb};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+use walhook::demo::cluster::{TempCluster, APP_DATABASE};
+use walhook::demo::{config_for, free_loopback_addr, writes, SCHEMA_SQL};
+
+const WAIT: Duration = Duration::from_secs(40);
+const COMPANY: i64 = 101;
+
+const SEED_JOB: &str = "
+    INSERT INTO jobs (id, company_id, account_id, first_name, last_name, address_1, city, state, zip)
+    VALUES (7001, 101, 125, 'Robin', 'Home', '10 Elm St', 'Boulder', 'CO', '80301');
+    INSERT INTO tickets (id, job_id, template_id, status) VALUES (7001, 7001, 41, 'Draft');
+";
+
+async fn subscribe(client: &Client, receiver: &Receiver, secret: &str) {
+    let url = format!("{}/company-{COMPANY}", receiver.url());
+    client
+        .execute(
+            "INSERT INTO webhook_subscriptions (company_id, url, secret) VALUES ($1, $2, $3)",
+            &[&COMPANY as &(dyn ToSql + Sync), &url, &secret],
+        )
+        .await
+        .expect("subscription inserted");
+}
+
+/// Creates a database in the shared cluster with one job, one ticket and a
+/// subscription of company 101 to every event.
+async fn prepared_db() -> (TestDb, Receiver) {
+    let db = TestDb::with_schema().await;
+    db.execute(SEED_JOB).await;
+    let secret = generate_secret();
+    let receiver = Receiver::start(&secret).await.expect("receiver starts");
+    subscribe(&db.connect().await, &receiver, &secret).await;
+    (db, receiver)
+}
+
+/// Inserts `key = value` right after the `[section]` header of a config.
+fn with_setting(config: &str, section: &str, setting: &str) -> String {
+    config.replacen(
+        &format!("[{section}]\n"),
+        &format!("[{section}]\n{setting}\n"),
+        1,
+    )
+}
+
+async fn slot_lag_bytes(client: &Client, slot: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .expect("slot is readable")
+        .get(0)
+}
+
+async fn stored_deliveries(client: &Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM walhook.deliveries", &[])
+        .await
+        .expect("queue is readable")
+        .get(0)
+}
+
+/// Waits for the STAGE_CHANGED webhook whose new stage is `stage`, skipping
+/// repeats of earlier stages: delivery is at least once, so a webhook whose
+/// result was not recorded before a failure is sent again.
+async fn expect_stage(receiver: &Receiver, stage: i64, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let received = new_stage(receiver, what, remaining).await;
+        if received == stage {
+            return;
+        }
+        assert!(
+            received < stage,
+            "{what}: stage {received} arrived before {stage}"
+        );
+    }
+}
+
+async fn new_stage_within(receiver: &Receiver, what: &str) -> i64 {
+    new_stage(receiver, what, WAIT).await
+}
+
+async fn new_stage(receiver: &Receiver, what: &str, wait: Duration) -> i64 {
+    let request = expect_delivery(receiver, wait, what).await;
+    let body = request.json().expect("JSON body");
+    assert_eq!(body["event"], "STAGE_CHANGED", "{what}: {body}");
+    body["payload"]["jobs"][0]["newStage"]
+        .as_i64()
+        .expect("newStage is a number")
+}
+
+/// Waits until the daemon's log contains `needle`, and returns the log.
+async fn wait_for_log(daemon: &Daemon, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = daemon.log();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "log never contained `{needle}`:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn schema_changes_while_streaming() {
+    let (db, receiver) = prepared_db().await;
+    let mut daemon = Daemon::setup_and_start(&db.config());
+
+    db.execute(
+        "ALTER TABLE jobs ADD COLUMN notes text; UPDATE jobs SET stage_id = 2 WHERE id = 7001",
+    )
+    .await;
+    assert_eq!(
+        new_stage_within(&receiver, "stage after ADD COLUMN").await,
+        2
+    );
+    db.execute("ALTER TABLE jobs DROP COLUMN email; UPDATE jobs SET stage_id = 3 WHERE id = 7001")
+        .await;
+    assert_eq!(
+        new_stage_within(&receiver, "stage after dropping an unwatched column").await,
+        3
+    );
+
+    // A watched column renamed: the change stops the stream, and is never
+    // reported as the column changing to NULL.
+    db.execute("ALTER TABLE jobs RENAME COLUMN stage_changed_at TO stage_since")
+        .await;
+    db.execute("UPDATE jobs SET stage_id = 4 WHERE id = 7001")
+        .await;
+    let log = wait_for_log(&daemon, "walhook skip --lsn").await;
+    assert!(
+        log.contains("`stage_changed_at`"),
+        "the error names the missing column:\n{log}"
+    );
+    assert!(
+        receiver
+            .next_delivery(Duration::from_secs(2))
+            .await
+            .is_none(),
+        "nothing sent for the broken change"
+    );
+    let client = db.connect().await;
+    assert_eq!(
+        stored_deliveries(&client).await,
+        2,
+        "nothing stored past the broken change"
+    );
+
+    // The operator skips that transaction and fixes the mapping's column.
+    let lsn = log
+        .split("walhook skip --lsn ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| c == '`' || c.is_whitespace()).next())
+        .expect("the log names the LSN to skip")
+        .to_owned();
+    let config = daemon.config_path();
+    let output = walhook(&[
+        "skip",
+        "--config",
+        &config.display().to_string(),
+        "--lsn",
+        &lsn,
+    ]);
+    assert!(
+        output.status.success(),
+        "walhook skip: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    db.execute("ALTER TABLE jobs RENAME COLUMN stage_since TO stage_changed_at")
+        .await;
+    db.execute("UPDATE jobs SET stage_id = 5 WHERE id = 7001")
+        .await;
+
+    let request = expect_delivery(&receiver, WAIT, "the stage change after the skip").await;
+    let body = request.json().expect("JSON body");
+    assert_eq!(body["payload"]["jobs"][0]["newStage"], 5);
+    assert_eq!(
+        body["payload"]["jobs"][0]["previousStage"], 4,
+        "the skipped change raised nothing"
+    );
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn truncate_is_logged_and_passed() {
+    let (db, receiver) = prepared_db().await;
+    let mut daemon = Daemon::setup_and_start(&db.config());
+
+    db.execute("TRUNCATE hes_scores").await;
+    db.execute("UPDATE jobs SET stage_id = 2 WHERE id = 7001")
+        .await;
+
+    assert_eq!(new_stage_within(&receiver, "stage after TRUNCATE").await, 2);
+    wait_for_log(&daemon, "table truncated").await;
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn large_transaction_is_batched() {
+    const ROWS: i64 = 25_000;
+    let (db, receiver) = prepared_db().await;
+    let mut daemon = Daemon::setup_and_start(&db.config());
+
+    db.execute(&format!(
+        "INSERT INTO jobs (id, company_id, first_name, last_name, address_1, city, state, zip)
+         SELECT 100000 + g, 101, 'Bulk', 'Import', g || ' Main St', 'Denver', 'CO', '80202'
+         FROM generate_series(1, {ROWS}) AS g"
+    ))
+    .await;
+
+    let mut job_ids = HashSet::new();
+    let mut webhook_ids = HashSet::new();
+    while (job_ids.len() as i64) < ROWS {
+        let request = expect_delivery(&receiver, WAIT, "a batch of created jobs").await;
+        let body = request.json().expect("JSON body");
+        let jobs = body["payload"]["jobs"]
+            .as_array()
+            .expect("jobs array")
+            .clone();
+        assert!(jobs.len() <= 100, "a webhook holds at most max_batch items");
+        webhook_ids.insert(request.header("webhook-id").expect("webhook-id").to_owned());
+        for job in jobs {
+            job_ids.insert(job["id"].as_i64().expect("numeric id"));
+        }
+    }
+    assert_eq!(job_ids.len() as i64, ROWS, "every created job arrived");
+    assert_eq!(
+        webhook_ids.len() as i64,
+        ROWS / 100,
+        "full batches of 100 items"
+    );
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn unrelated_writes_do_not_retain_wal() {
+    let (db, _receiver) = prepared_db().await;
+    let config = with_setting(&db.config(), "source", "status_interval = \"1s\"");
+    let mut daemon = Daemon::setup_and_start(&config);
+    wait_for_log(&daemon, "replication started").await;
+
+    let client = db.connect().await;
+    let wal_position = "SELECT pg_current_wal_lsn()::text";
+    let before: String = client
+        .query_one(wal_position, &[])
+        .await
+        .expect("WAL position")
+        .get(0);
+    client
+        .batch_execute(
+            "CREATE TABLE audit_log (id bigserial PRIMARY KEY, payload text);
+             INSERT INTO audit_log (payload) SELECT repeat(md5(g::text), 32) FROM generate_series(1, 40000) g;
+             INSERT INTO audit_log (payload) SELECT repeat(md5(g::text), 32) FROM generate_series(1, 40000) g;",
+        )
+        .await
+        .expect("unrelated writes");
+    let written: i64 = client
+        .query_one(
+            "SELECT (pg_current_wal_lsn() - $1::text::pg_lsn)::bigint",
+            &[&before],
+        )
+        .await
+        .expect("WAL difference")
+        .get(0);
+    assert!(
+        written > 50_000_000,
+        "the writes produced WAL: {written} bytes"
+    );
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut lag = written;
+    while lag > 1_000_000 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        lag = slot_lag_bytes(&client, &db.slot()).await;
+    }
+    assert!(
+        lag <= 1_000_000,
+        "slot still retains {lag} of {written} bytes"
+    );
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn standby_takes_over_slot() {
+    let (db, receiver) = prepared_db().await;
+    let mut active = Daemon::setup_and_start(&db.config());
+    db.execute("UPDATE jobs SET stage_id = 2 WHERE id = 7001")
+        .await;
+    assert_eq!(
+        new_stage_within(&receiver, "stage from the active instance").await,
+        2
+    );
+
+    let mut standby = Daemon::start(&db.config());
+    wait_for_log(&standby, "in use by another process").await;
+    active.kill9();
+    db.execute("UPDATE jobs SET stage_id = 3 WHERE id = 7001")
+        .await;
+
+    expect_stage(&receiver, 3, "stage after the standby took over").await;
+    wait_for_log(&standby, "replication started").await;
+    standby.terminate();
+}
+
+/// Starts a private cluster with the example schema in `app`, for tests that stop it.
+async fn private_cluster() -> TempCluster {
+    let cluster = tokio::task::spawn_blocking(TempCluster::start)
+        .await
+        .expect("cluster task")
+        .expect("cluster starts");
+    cluster
+        .execute(APP_DATABASE, SCHEMA_SQL)
+        .expect("schema loads");
+    cluster
+        .execute(APP_DATABASE, &writes::admin_setup_sql(APP_DATABASE))
+        .expect("grants");
+    cluster.execute(APP_DATABASE, SEED_JOB).expect("seed job");
+    cluster
+}
+
+fn private_config(cluster: &TempCluster) -> String {
+    let listen = free_loopback_addr().expect("free port");
+    config_for(&cluster.walhook_url(APP_DATABASE), "walhook", listen)
+}
+
+#[tokio::test]
+async fn postgres_restarts_mid_stream() {
+    let mut cluster = private_cluster().await;
+    let secret = generate_secret();
+    let receiver = Receiver::start(&secret).await.expect("receiver starts");
+    subscribe(
+        &support::connect(&cluster.superuser_url(APP_DATABASE)).await,
+        &receiver,
+        &secret,
+    )
+    .await;
+    let mut daemon = Daemon::setup_and_start(&private_config(&cluster));
+    cluster
+        .execute(APP_DATABASE, "UPDATE jobs SET stage_id = 2 WHERE id = 7001")
+        .expect("write");
+    expect_stage(&receiver, 2, "stage before the restart").await;
+
+    // A fast shutdown, then a crash of the server.
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart().expect("fast restart");
+        cluster
+    })
+    .await
+    .expect("restart task");
+    cluster
+        .execute(APP_DATABASE, "UPDATE jobs SET stage_id = 3 WHERE id = 7001")
+        .expect("write");
+    expect_stage(&receiver, 3, "stage after a fast restart").await;
+
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.kill().expect("SIGKILL the postmaster");
+        cluster.restart().expect("start after crash");
+        cluster
+    })
+    .await
+    .expect("restart task");
+    cluster
+        .execute(APP_DATABASE, "UPDATE jobs SET stage_id = 4 WHERE id = 7001")
+        .expect("write");
+    expect_stage(&receiver, 4, "stage after a crash").await;
+    let log = wait_for_log(&daemon, "reconnecting").await;
+    assert!(
+        log.contains("replication started"),
+        "the daemon reconnected"
+    );
+    daemon.terminate();
+    drop(cluster);
+}
+
+#[tokio::test]
+async fn queue_outage_pauses_confirmation() {
+    let source = private_cluster().await;
+    let mut queue = tokio::task::spawn_blocking(TempCluster::start)
+        .await
+        .expect("cluster task")
+        .expect("queue cluster starts");
+    queue
+        .execute(APP_DATABASE, "GRANT CREATE ON DATABASE app TO walhook")
+        .expect("queue grants");
+    let secret = generate_secret();
+    let receiver = Receiver::start(&secret).await.expect("receiver starts");
+    let source_client = support::connect(&source.superuser_url(APP_DATABASE)).await;
+    subscribe(&source_client, &receiver, &secret).await;
+    let config = with_setting(
+        &private_config(&source),
+        "queue",
+        &format!("url = \"{}\"", queue.walhook_url(APP_DATABASE)),
+    );
+    let mut daemon = Daemon::setup_and_start(&config);
+    source
+        .execute(APP_DATABASE, "UPDATE jobs SET stage_id = 2 WHERE id = 7001")
+        .expect("write");
+    assert_eq!(
+        new_stage_within(&receiver, "stage with the queue up").await,
+        2
+    );
+
+    queue = tokio::task::spawn_blocking(move || {
+        queue.stop().expect("queue stops");
+        queue
+    })
+    .await
+    .expect("stop task");
+    source
+        .execute(APP_DATABASE, "UPDATE jobs SET stage_id = 3 WHERE id = 7001")
+        .expect("write");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lag = slot_lag_bytes(&source_client, "walhook").await;
+    assert!(lag > 0, "nothing confirmed while the queue is down");
+
+    queue = tokio::task::spawn_blocking(move || {
+        queue.restart().expect("queue starts again");
+        queue
+    })
+    .await
+    .expect("start task");
+    expect_stage(&receiver, 3, "stage after the queue returned").await;
+    daemon.terminate();
+    drop(queue);
+}
+
+#[tokio::test]
+async fn hanging_receivers_do_not_starve_walsender() {
+    let cluster = private_cluster().await;
+    cluster
+        .execute(
+            APP_DATABASE,
+            "ALTER SYSTEM SET wal_sender_timeout = '5s'; SELECT pg_reload_conf();",
+        )
+        .expect("short walsender timeout");
+    let secret = generate_secret();
+    let receiver = Receiver::start(&secret).await.expect("receiver starts");
+    receiver.set_fallback(
+        &format!("/company-{COMPANY}"),
+        Reply::status(200).after(Duration::from_secs(60)),
+    );
+    let client = support::connect(&cluster.superuser_url(APP_DATABASE)).await;
+    subscribe(&client, &receiver, &secret).await;
+    let config = with_setting(&private_config(&cluster), "delivery", "concurrency = 2");
+    let config = config.replace("timeout = \"5s\"", "timeout = \"30s\"");
+    let mut daemon = Daemon::setup_and_start(&config);
+    wait_for_log(&daemon, "replication started").await;
+
+    let walsender_pid = |client: Client| async move {
+        let row = client
+            .query_one(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'walhook'",
+                &[],
+            )
+            .await
+            .expect("slot is readable");
+        (row.get::<_, Option<i32>>(0), client)
+    };
+    let (first_pid, client) = walsender_pid(client).await;
+    for stage in 2..=8 {
+        client
+            .execute("UPDATE jobs SET stage_id = $1 WHERE id = 7001", &[&stage])
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (last_pid, client) = walsender_pid(client).await;
+    assert!(first_pid.is_some(), "the slot is streaming");
+    assert_eq!(first_pid, last_pid, "the walsender was never restarted");
+    let lag = slot_lag_bytes(&client, "walhook").await;
+    assert!(
+        lag < 1_000_000,
+        "confirmed position follows although receivers hang: {lag} bytes behind"
+    );
+    assert!(
+        !daemon.log().contains("replication session failed"),
+        "no session failed:\n{}",
+        daemon.log()
+    );
+    daemon.kill9();
+}
+
+/// Writes `count` transactions, each raising exactly one webhook with a
+/// unique key, and returns the keys.
+async fn write_mixed(client: &Client, count: usize) -> Vec<String> {
+    let mut keys = Vec::with_capacity(count);
+    for i in 0..count {
+        let key = match i % 3 {
+            0 => {
+                let message = format!("note {i}");
+                client
+                    .execute(
+                        "INSERT INTO chats (job_id, account_id, message) VALUES (7001, 125, $1)",
+                        &[&message],
+                    )
+                    .await
+                    .expect("chat insert");
+                format!("CHAT_POSTED/{message}")
+            }
+            1 => {
+                let label = i as i32;
+                client
+                    .execute(
+                        "INSERT INTO hes_scores (job_id, label_number, assessment_type, base_score, assessment_date)
+                         VALUES (7001, $1, 'initial', 5, '2026-01-02')",
+                        &[&label],
+                    )
+                    .await
+                    .expect("score insert");
+                format!("HES_SCORE_OBTAINED/{label}")
+            }
+            _ => {
+                let status = format!("Step {i}");
+                client
+                    .execute("UPDATE tickets SET status = $1 WHERE id = 7001", &[&status])
+                    .await
+                    .expect("ticket update");
+                format!("TICKET_STATUS_CHANGED/{status}")
+            }
+        };
+        keys.push(key);
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    keys
+}
+
+fn webhook_key(body: &serde_json::Value) -> String {
+    let event = body["event"].as_str().unwrap_or_default();
+    let payload = &body["payload"];
+    match event {
+        "CHAT_POSTED" => format!(
+            "{event}/{}",
+            payload["data"][0]["message"].as_str().unwrap_or_default()
+        ),
+        "HES_SCORE_OBTAINED" => format!("{event}/{}", payload["hesData"][0]["hesLabelNumber"]),
+        "TICKET_STATUS_CHANGED" => format!(
+            "{event}/{}",
+            payload["tickets"][0]["statusTo"]
+                .as_str()
+                .unwrap_or_default()
+        ),
+        _ => format!("{event}/unexpected"),
+    }
+}
+
+#[tokio::test]
+async fn crash_loop_loses_nothing() {
+    const TRANSACTIONS: usize = 1_500;
+    let (db, receiver) = prepared_db().await;
+    let mut daemon = Daemon::setup_and_start(&db.config());
+    wait_for_log(&daemon, "replication started").await;
+
+    let client = db.connect().await;
+    let writer = tokio::spawn(async move { write_mixed(&client, TRANSACTIONS).await });
+    let mut kills = 0;
+    while !writer.is_finished() {
+        let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 300..1200);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        daemon.kill9();
+        kills += 1;
+        daemon.restart();
+    }
+    let expected: HashSet<String> = writer.await.expect("writer task").into_iter().collect();
+
+    let mut ids_by_key: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut received = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while ids_by_key.len() < expected.len() && tokio::time::Instant::now() < deadline {
+        let Some(request) = receiver.next_delivery(Duration::from_secs(1)).await else {
+            continue;
+        };
+        received += 1;
+        let key = webhook_key(&request.json().expect("JSON body"));
+        let id = request.header("webhook-id").expect("webhook-id").to_owned();
+        ids_by_key.entry(key).or_default().insert(id);
+    }
+    let arrived: HashSet<String> = ids_by_key.keys().cloned().collect();
+    let lost = expected.difference(&arrived).count();
+    let extra: Vec<&String> = arrived.difference(&expected).collect();
+    println!(
+        "crash loop: {TRANSACTIONS} transactions, {kills} kills, {} webhooks expected, {received} received, {} repeated, {lost} lost",
+        expected.len(),
+        received - arrived.len()
+    );
+    assert_eq!(lost, 0, "every expected webhook arrived");
+    assert!(extra.is_empty(), "no unexpected webhooks: {extra:?}");
+    for (key, ids) in &ids_by_key {
+        assert_eq!(
+            ids.len(),
+            1,
+            "repeats of {key} carry one webhook-id: {ids:?}"
+        );
+    }
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn missing_slot_is_created_at_start() {
+    let (db, receiver) = prepared_db().await;
+    let config = db.config();
+    let mut daemon = Daemon::setup_and_start(&config);
+    daemon.terminate();
+    db.execute(&format!("SELECT pg_drop_replication_slot('{}')", db.slot()))
+        .await;
+
+    daemon.restart();
+    wait_for_log(&daemon, "replication slot was missing and is created").await;
+    wait_for_log(&daemon, "replication started").await;
+    db.execute("UPDATE jobs SET stage_id = 2 WHERE id = 7001")
+        .await;
+    assert_eq!(
+        new_stage_within(&receiver, "stage after the slot was created").await,
+        2
+    );
+    daemon.terminate();
+}
