@@ -10,6 +10,11 @@
 //!
 //! The server clock is compared with the local clock, so clock skew between
 //! the two hosts adds to the value.
+//!
+//! NOTE: a keepalive that arrives inside a transaction may report an end of
+//! WAL past that transaction's end. Its sample then waits for the next
+//! confirmation beyond it, so on a database that goes idle right after, the
+//! value grows until the server's next keepalive.
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
