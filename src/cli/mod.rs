@@ -1,6 +1,7 @@
-//! The command line: `run`, `check`, `setup`, `skip` and `demo`.
+//! The command line: `run`, `check`, `setup`, `skip`, `ping` and `demo`.
 
 mod check;
+mod ping;
 mod setup;
 mod skip;
 
@@ -46,6 +47,19 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Request a PING: write the logical decoding message that the daemon
+    /// turns into a PING webhook for the subscription.
+    Ping {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/walhook/config.toml")]
+        config: PathBuf,
+        /// Id of the subscription in the application's subscriptions table.
+        #[arg(long)]
+        subscription: i64,
+        /// Id of a job to include; repeat for several jobs.
+        #[arg(long = "job", required = true, num_args = 1..)]
+        jobs: Vec<i64>,
+    },
     /// Skip one source transaction that cannot be processed: its webhooks are
     /// not sent, and the stream continues after it.
     Skip {
@@ -71,6 +85,11 @@ pub async fn main() -> ExitCode {
         Command::Run { config } => run(&config).await,
         Command::Check { config } => check::run(&config).await,
         Command::Setup { config, print } => setup::run(&config, print).await,
+        Command::Ping {
+            config,
+            subscription,
+            jobs,
+        } => ping::run(&config, subscription, &jobs).await,
         Command::Skip {
             config,
             lsn,
@@ -96,7 +115,11 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "walhook starting");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    crate::pipeline::run(config, shutdown).await?;
+    let ops = crate::ops::start(&config, shutdown.clone()).await?;
+    let pipeline = crate::pipeline::run(config, shutdown.clone());
+    let result = crate::ops::run_with_grace(pipeline, &shutdown, crate::ops::SHUTDOWN_GRACE).await;
+    ops.stop().await;
+    result?;
     tracing::info!("walhook stopped");
     Ok(())
 }

@@ -140,6 +140,7 @@ impl Config {
 }
 
 fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let path = &crate::ops::credential_path(path);
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadSecret {
         key: key.to_owned(),
         path: path.to_owned(),

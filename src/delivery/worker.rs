@@ -178,6 +178,7 @@ impl Shared {
             duration_ms = report.duration.as_millis(),
             "delivery attempt finished"
         );
+        crate::ops::metrics::delivery_sent(report.duration);
 
         let next = self.decide(&delivery, &report).await;
         self.record(&delivery, &report, next).await;
@@ -304,6 +305,7 @@ impl Shared {
     }
 
     async fn record(&self, delivery: &ClaimedDelivery, report: &AttemptReport, next: NextStep) {
+        crate::ops::metrics::delivery_recorded(&delivery.subscription, next);
         let record = AttemptRecord {
             delivery_id: delivery.id,
             attempt: delivery.attempt,

@@ -163,6 +163,7 @@ async fn replicate(context: Arc<StreamContext>) {
                 tracing::info!(slot = %context.config.source.slot, "replication slot is in use by another process, waiting to take over");
                 waiting_for_slot = true;
             }
+            crate::ops::replication_waiting("replication slot is in use by another process");
             refresh_subscriptions(&context).await;
             stream::pause(&context.shutdown, SLOT_IN_USE_RETRY_DELAY).await;
             continue;
@@ -172,6 +173,7 @@ async fn replicate(context: Arc<StreamContext>) {
             delay = FIRST_RETRY_DELAY;
         }
         tracing::error!(error = %err, retry_in = ?delay, "replication session failed, reconnecting");
+        crate::ops::replication_failed(&err);
         let jittered = delay.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2));
         stream::pause(&context.shutdown, jittered).await;
         delay = (delay * 2).min(MAX_RETRY_DELAY);

@@ -81,6 +81,7 @@ impl Store {
             tracing::debug!(lsn = %lsn, "transaction already stored, skipped");
             Vec::new()
         } else {
+            crate::ops::metrics::events_detected(&batch.events);
             let first = batch.first_event_index;
             route(
                 lsn,

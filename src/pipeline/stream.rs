@@ -73,6 +73,7 @@ pub async fn stream_once(context: Arc<StreamContext>) -> Result<(), PipelineErro
         .start_logical_replication(&config.source.slot, start, &config.source.publication)
         .await?;
     tracing::info!(slot = %config.source.slot, lsn = %start, "replication started");
+    crate::ops::replication_started(start);
 
     let mut processor = Processor::new(
         Arc::clone(config),
@@ -134,6 +135,7 @@ async fn handle_message(
     match message {
         ReplicationMessage::XLogData(xlog) => {
             positions.received = positions.received.max(xlog.wal_end);
+            crate::ops::metrics::wal_received(xlog.wal_end, xlog.server_clock);
             let decoded = pgoutput::decode(&xlog.data)?;
             if let Some(batch) = processor.handle(decoded).await? {
                 let confirmed = store.accept(processor, batch).await?;
@@ -142,6 +144,7 @@ async fn handle_message(
         }
         ReplicationMessage::PrimaryKeepalive(keepalive) => {
             positions.received = positions.received.max(keepalive.wal_end);
+            crate::ops::metrics::wal_received(keepalive.wal_end, keepalive.server_clock);
             // Every change before the keepalive has arrived, so when no
             // transaction is open and nothing waits to be stored, there is
             // nothing left to store below it.
@@ -168,6 +171,7 @@ async fn send_status(
         reply_requested,
     };
     stream.send_status(status).await?;
+    crate::ops::metrics::status_sent(positions.received, positions.confirmed);
     tracing::debug!(received = %positions.received, confirmed = %positions.confirmed, "status update sent");
     Ok(())
 }

@@ -152,6 +152,8 @@ pub fn walhook(args: &[&str]) -> Output {
 pub struct Daemon {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Environment variables added to the daemon's, such as `NOTIFY_SOCKET`.
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -165,6 +167,29 @@ impl Daemon {
     /// Runs `walhook setup` on the config, then starts the daemon.
     pub fn setup_and_start(config: &str) -> Daemon {
         let mut daemon = Daemon::with_config(config);
+        let output = walhook(&[
+            "setup",
+            "--config",
+            &daemon.config_path().display().to_string(),
+        ]);
+        assert!(
+            output.status.success(),
+            "`walhook setup` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        daemon.spawn();
+        daemon
+    }
+
+    /// Runs `walhook setup`, then starts the daemon with `env` added to its
+    /// environment.
+    pub fn setup_and_start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut daemon = Daemon::with_config(config);
+        daemon.env = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
         let output = walhook(&[
             "setup",
             "--config",
@@ -242,7 +267,11 @@ impl Daemon {
             .tempdir()
             .expect("the temporary directory is writable");
         fs::write(dir.path().join("config.toml"), config).expect("the config file is writable");
-        Daemon { child: None, dir }
+        Daemon {
+            child: None,
+            dir,
+            env: Vec::new(),
+        }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -259,6 +288,7 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(self.config_path())
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
