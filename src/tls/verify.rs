@@ -1,0 +1,224 @@
+//! Server certificate verification for each `sslmode`.
+//!
+//! rustls verifies the chain and the host name together. libpq's modes need
+//! them apart: `verify-full` checks both, `verify-ca` (and `prefer` or
+//! `require` with a root certificate file) checks only the chain, and
+//! `require` without a root certificate file checks nothing. So
+//! [`ServerVerifier`] runs rustls' WebPKI verifier and drops its host name
+//! error when the mode does not check the name. WebPKI checks the chain first
+//! and the name after it (rustls 0.23 `WebPkiServerVerifier`), so a name error
+//! means the chain was valid. Handshake signatures are always verified, so the
+//! peer proves that it holds the key of the certificate it sent.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+
+/// A server certificate that the verifier rejected, worded for the operator.
+///
+/// It reaches the caller inside `rustls::Error::Other`; [`super::describe_handshake_error`]
+/// unwraps it again.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateRejected {
+    /// The certificate's names do not include the host connected to.
+    #[error(
+        "certificate for {presented} does not match host `{host}`: use sslmode=verify-ca, \
+         or connect by a name that the certificate lists"
+    )]
+    HostMismatch {
+        /// The host of the connection settings.
+        host: String,
+        /// The certificate's subject alternative names, in backticks.
+        presented: String,
+    },
+
+    /// The chain does not end at a certificate of the root certificate file.
+    #[error(
+        "certificate of `{host}` is not signed by a CA in sslrootcert `{root_cert}`: set \
+         sslrootcert to the CA file that signed the server certificate"
+    )]
+    UnknownIssuer {
+        /// The host of the connection settings.
+        host: String,
+        /// The root certificate file.
+        root_cert: PathBuf,
+    },
+
+    /// Any other chain failure, such as an expired certificate.
+    #[error("certificate of `{host}` is invalid: {reason}")]
+    Invalid {
+        /// The host of the connection settings.
+        host: String,
+        /// rustls' description of the failure.
+        reason: String,
+    },
+}
+
+/// What the server certificate is checked against.
+#[derive(Debug)]
+pub(super) struct ServerVerifier {
+    /// The chain verifier and its root certificate file; `None` accepts any certificate.
+    webpki: Option<(Arc<WebPkiServerVerifier>, PathBuf)>,
+    /// Whether the certificate must name the host (`verify-full`).
+    check_host: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerVerifier {
+    /// A verifier that accepts any certificate, for `require` and `prefer`
+    /// without a root certificate file.
+    pub(super) fn accept_any(provider: Arc<CryptoProvider>) -> ServerVerifier {
+        ServerVerifier {
+            webpki: None,
+            check_host: false,
+            provider,
+        }
+    }
+
+    /// A verifier of the chain against `roots`, and of the host name when `check_host`.
+    pub(super) fn with_roots(
+        webpki: Arc<WebPkiServerVerifier>,
+        root_cert: PathBuf,
+        check_host: bool,
+        provider: Arc<CryptoProvider>,
+    ) -> ServerVerifier {
+        ServerVerifier {
+            webpki: Some((webpki, root_cert)),
+            check_host,
+            provider,
+        }
+    }
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some((webpki, root_cert)) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let result =
+            webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        let host = server_name.to_str().into_owned();
+        match result {
+            Ok(verified) => Ok(verified),
+            Err(rustls::Error::InvalidCertificate(error)) => match error {
+                CertificateError::NotValidForName if !self.check_host => {
+                    Ok(ServerCertVerified::assertion())
+                }
+                CertificateError::NotValidForNameContext { .. } if !self.check_host => {
+                    Ok(ServerCertVerified::assertion())
+                }
+                CertificateError::NotValidForNameContext { presented, .. } => {
+                    Err(reject(CertificateRejected::HostMismatch {
+                        host,
+                        presented: list_names(&presented),
+                    }))
+                }
+                CertificateError::NotValidForName => {
+                    Err(reject(CertificateRejected::HostMismatch {
+                        host,
+                        presented: "another name".to_owned(),
+                    }))
+                }
+                CertificateError::UnknownIssuer => {
+                    Err(reject(CertificateRejected::UnknownIssuer {
+                        host,
+                        root_cert: root_cert.clone(),
+                    }))
+                }
+                other => Err(reject(CertificateRejected::Invalid {
+                    host,
+                    reason: rustls::Error::InvalidCertificate(other).to_string(),
+                })),
+            },
+            Err(other) => Err(other),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn reject(rejected: CertificateRejected) -> rustls::Error {
+    rustls::Error::Other(OtherError(Arc::new(rejected)))
+}
+
+/// Formats rustls' presented names, such as `DnsName("localhost")`, as `` `localhost` ``.
+fn list_names(presented: &[String]) -> String {
+    if presented.is_empty() {
+        return "no name (no subjectAltName extension)".to_owned();
+    }
+    let names: Vec<String> = presented
+        .iter()
+        .map(|name| {
+            let bare = name
+                .split_once('(')
+                .and_then(|(_, rest)| rest.strip_suffix(')'))
+                .unwrap_or(name);
+            format!("`{}`", bare.trim_matches('"'))
+        })
+        .collect();
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_lose_rustls_wrapping() {
+        let presented = vec![
+            "DnsName(\"localhost\")".to_owned(),
+            "IpAddress(10.0.0.1)".to_owned(),
+        ];
+
+        assert_eq!(list_names(&presented), "`localhost`, `10.0.0.1`");
+    }
+
+    #[test]
+    fn no_names_are_stated() {
+        assert!(list_names(&[]).starts_with("no name"));
+    }
+}
