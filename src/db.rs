@@ -7,7 +7,7 @@ use tokio_postgres::{Client, Connection};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::PostgresTarget;
-use crate::tls::SslMode;
+use crate::tls::{describe_handshake_error, SslMode};
 
 /// Opens a connection and drives it on a task of its own; `role` names the
 /// database in the log line written when the connection closes with an error.
@@ -62,6 +62,28 @@ where
             tracing::warn!(error = %err, database = role, "database connection closed");
         }
     });
+}
+
+/// Describes a connection error with its causes, which the `Display` of
+/// tokio-postgres leaves out: the server's message, or why the TLS handshake
+/// failed.
+pub fn describe_error(err: &tokio_postgres::Error) -> String {
+    let mut text = err.to_string();
+    if let Some(db_error) = err.as_db_error() {
+        text.push_str(": ");
+        text.push_str(&db_error.to_string());
+        return text;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        match cause.downcast_ref::<std::io::Error>() {
+            Some(io) => text.push_str(&describe_handshake_error(io)),
+            None => text.push_str(&cause.to_string()),
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Returns true for a failed handshake or a server error, the failures after

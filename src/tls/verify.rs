@@ -131,7 +131,8 @@ impl ServerCertVerifier for ServerVerifier {
                         presented: "another name".to_owned(),
                     }))
                 }
-                CertificateError::UnknownIssuer => {
+                // BadSignature: a root of the file has the issuer's name but did not sign it.
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
                     Err(reject(CertificateRejected::UnknownIssuer {
                         host,
                         root_cert: root_cert.clone(),
