@@ -1,8 +1,8 @@
 //! Ordinary (non-replication) connections to PostgreSQL through tokio-postgres,
 //! with TLS through rustls as [`crate::tls`] describes.
 
-use tokio_postgres::config::SslMode as PgSslMode;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{Client, Connection};
 use tokio_postgres_rustls::MakeRustlsConnect;
 

@@ -148,7 +148,11 @@ async fn require_and_prefer_skip_host_check() {
         let queries = query_connection_is_tls(&target(&url)).await;
         let replication = identify_over_replication(&target(&url)).await;
 
-        assert_eq!(queries, Ok(true), "{query}: TLS without a certificate check");
+        assert_eq!(
+            queries,
+            Ok(true),
+            "{query}: TLS without a certificate check"
+        );
         assert_eq!(replication, Ok(()), "{query}: replication over TLS");
     }
     stop(cluster).await;
@@ -183,8 +187,16 @@ async fn verify_full_checks_host_name() {
         replication_error.contains("verify-ca"),
         "the error names the fix: {replication_error}"
     );
-    assert_eq!(queries_by_name, Ok(true), "`localhost` is the certificate's name");
-    assert_eq!(replication_by_name, Ok(()), "replication by the certificate's name");
+    assert_eq!(
+        queries_by_name,
+        Ok(true),
+        "`localhost` is the certificate's name"
+    );
+    assert_eq!(
+        replication_by_name,
+        Ok(()),
+        "replication by the certificate's name"
+    );
     stop(cluster).await;
 }
 
@@ -247,7 +259,10 @@ async fn walhook_check_passes_over_verify_ca() {
 
     let setup_stderr = String::from_utf8_lossy(&setup.stderr);
     let check_stdout = String::from_utf8_lossy(&check.stdout);
-    assert!(setup.status.success(), "setup succeeds over TLS: {setup_stderr}");
+    assert!(
+        setup.status.success(),
+        "setup succeeds over TLS: {setup_stderr}"
+    );
     assert!(
         check.status.success(),
         "every check passes over TLS:\n{check_stdout}"

@@ -293,16 +293,16 @@ mod tests {
 
     #[test]
     fn unknown_sslmode_is_named() {
-        let err = parse_connection_string("host=h sslmode=verify")
-            .expect_err("verify is not a mode");
+        let err =
+            parse_connection_string("host=h sslmode=verify").expect_err("verify is not a mode");
 
         assert!(err.contains("`verify`"), "names the value: {err}");
     }
 
     #[test]
     fn unterminated_quote_is_an_error() {
-        let err = parse_connection_string("host=h password='abc")
-            .expect_err("the quote is not closed");
+        let err =
+            parse_connection_string("host=h password='abc").expect_err("the quote is not closed");
 
         assert!(err.contains("`password`"), "names the key: {err}");
     }

@@ -337,7 +337,8 @@ impl TempCluster {
         if let Some(tls) = &options.ssl {
             self.write_server_file("server.crt", &tls.cert_pem)?;
             self.write_server_file("server.key", &tls.key_pem)?;
-            settings.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            settings
+                .push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
         settings.push_str(&options.extra_conf);
         settings.push('\n');

@@ -65,7 +65,9 @@ impl SslMode {
             "require" => Ok(SslMode::Require),
             "verify-ca" => Ok(SslMode::VerifyCa),
             "verify-full" => Ok(SslMode::VerifyFull),
-            "allow" => Err("sslmode `allow` is not supported: use `prefer` or `disable`".to_owned()),
+            "allow" => {
+                Err("sslmode `allow` is not supported: use `prefer` or `disable`".to_owned())
+            }
             other => Err(format!(
                 "invalid sslmode `{other}`: use disable, prefer, require, verify-ca or verify-full"
             )),
@@ -298,10 +300,12 @@ fn builder(
 fn default_path(file: &str) -> Option<PathBuf> {
     let home = match std::env::var_os("HOME") {
         Some(home) if !home.is_empty() => PathBuf::from(home),
-        _ => nix::unistd::User::from_uid(nix::unistd::getuid())
-            .ok()
-            .flatten()?
-            .dir,
+        _ => {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()?
+                .dir
+        }
     };
     Some(home.join(".postgresql").join(file))
 }
@@ -346,12 +350,10 @@ fn client_cert_paths(options: &TlsOptions) -> Result<Option<(PathBuf, PathBuf)>,
 fn read_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs("sslrootcert", path)? {
-        roots
-            .add(cert)
-            .map_err(|source| TlsSetupError::Rustls {
-                key: "sslrootcert",
-                source,
-            })?;
+        roots.add(cert).map_err(|source| TlsSetupError::Rustls {
+            key: "sslrootcert",
+            source,
+        })?;
     }
     Ok(roots)
 }
