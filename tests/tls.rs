@@ -126,7 +126,11 @@ async fn verify_ca_connects_by_address() {
     let pki = make_pki();
     let cluster = start_tls_cluster(&pki).await;
     let ca = write_pem(&cluster, "ca.pem", &pki.ca_pem);
-    let query = format!("sslmode=verify-ca&sslrootcert={}", ca.display());
+    // channel_binding=require fails unless SCRAM binds to the certificate.
+    let query = format!(
+        "sslmode=verify-ca&sslrootcert={}&channel_binding=require",
+        ca.display()
+    );
     let url = cluster.walhook_url_at("127.0.0.1", APP_DATABASE, &query);
 
     let queries = query_connection_is_tls(&target(&url)).await;
@@ -298,6 +302,40 @@ async fn walhook_check_without_tls_fails() {
     assert!(
         line.contains("sslmode"),
         "the line suggests a TLS sslmode: {line}"
+    );
+    stop(cluster).await;
+}
+
+#[tokio::test]
+async fn prefer_falls_back_without_server_tls() {
+    let cluster = tokio::task::spawn_blocking(TempCluster::start)
+        .await
+        .expect("the start task does not panic")
+        .expect("a cluster without TLS starts");
+    let url = cluster.walhook_url_at("127.0.0.1", APP_DATABASE, "sslmode=prefer");
+    let require_url = cluster.walhook_url_at("127.0.0.1", APP_DATABASE, "sslmode=require");
+    let binding_url = cluster.walhook_url_at(
+        "127.0.0.1",
+        APP_DATABASE,
+        "sslmode=prefer&channel_binding=require",
+    );
+
+    let queries = query_connection_is_tls(&target(&url)).await;
+    let replication = identify_over_replication(&target(&url)).await;
+    let required = identify_over_replication(&target(&require_url)).await;
+    let bound = identify_over_replication(&target(&binding_url)).await;
+
+    assert_eq!(queries, Ok(false), "prefer connects without TLS");
+    assert_eq!(replication, Ok(()), "prefer replicates without TLS");
+    let error = required.expect_err("require needs a server with TLS");
+    assert!(
+        error.contains("does not offer TLS"),
+        "the error says why: {error}"
+    );
+    let error = bound.expect_err("channel binding needs TLS");
+    assert!(
+        error.contains("without SCRAM-SHA-256-PLUS"),
+        "the error says why: {error}"
     );
     stop(cluster).await;
 }

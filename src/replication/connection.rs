@@ -14,11 +14,10 @@ use std::collections::HashMap;
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
-use tokio_postgres::config::ChannelBinding;
 use tokio_util::codec::Framed;
 use tracing::{debug, info};
 
-use super::auth::authenticate;
+use super::auth::{authenticate, BindingPolicy};
 use super::codec::Transport;
 use super::codec::{log_notice, read_message, send_message, tag_of, BackendMessage, PostgresCodec};
 use super::socket::{connect_any, Socket};
@@ -65,16 +64,13 @@ impl ReplicationClient {
     ///
     /// # Errors
     ///
-    /// A configuration error for `channel_binding=require` or a missing user
-    /// or host. [`ReplicationError::Connect`] when no host accepts,
+    /// A configuration error for a missing user or host, and
+    /// [`ReplicationError::ChannelBindingRequired`]. [`ReplicationError::Connect`] when no host accepts,
     /// [`ReplicationError::TlsNotOffered`] and [`ReplicationError::Tls`] when
     /// TLS is required and fails. [`ReplicationError::Server`] when the server
     /// rejects the login, for example with SQLSTATE 28P01 for a wrong password.
     pub async fn connect(target: &PostgresTarget) -> Result<Self, ReplicationError> {
         let config = &target.config;
-        if config.get_channel_binding() == ChannelBinding::Require {
-            return Err(ReplicationError::UnsupportedChannelBinding);
-        }
         config.get_user().ok_or(ReplicationError::MissingUser)?;
         let (socket, address) = connect_any(config, &target.tls).await?;
         let over_tls = socket.is_tls();
@@ -99,6 +95,10 @@ impl ReplicationClient {
         let user = config.get_user().ok_or(ReplicationError::MissingUser)?;
         let database = config.get_dbname().unwrap_or(user);
         let over_tls = socket.is_tls();
+        let binding = BindingPolicy {
+            mode: config.get_channel_binding(),
+            data: socket.tls_server_end_point(),
+        };
         let mut transport = Framed::new(socket, PostgresCodec);
 
         let options = session_options(config.get_options());
@@ -117,7 +117,7 @@ impl ReplicationClient {
             frontend::startup_message(parameters, buf)
         })
         .await?;
-        authenticate(&mut transport, user, config.get_password()).await?;
+        authenticate(&mut transport, user, config.get_password(), &binding).await?;
 
         let mut client = ReplicationClient {
             transport,

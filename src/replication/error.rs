@@ -74,12 +74,13 @@ pub enum ReplicationError {
         reason: String,
     },
 
-    /// `channel_binding=require`, which this client does not implement.
+    /// `channel_binding=require`, and the login ended without channel binding.
     #[error(
-        "channel_binding `require` is not supported by the replication connection: remove \
-         `channel_binding` from `source.url`"
+        "channel_binding `require`, but the server authenticated without SCRAM-SHA-256-PLUS: \
+         connect over TLS to a role with scram-sha-256 in pg_hba.conf, or remove \
+         `channel_binding` from the URL"
     )]
-    UnsupportedChannelBinding,
+    ChannelBindingRequired,
 
     /// The server requested an authentication method that this client lacks.
     #[error(

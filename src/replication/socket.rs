@@ -47,6 +47,15 @@ impl Socket {
     pub(crate) fn is_tls(&self) -> bool {
         matches!(self, Socket::Tls(_))
     }
+
+    /// Returns the `tls-server-end-point` channel binding data of a TLS connection.
+    pub(crate) fn tls_server_end_point(&self) -> Option<Vec<u8>> {
+        let Socket::Tls(stream) = self else {
+            return None;
+        };
+        let certs = stream.get_ref().1.peer_certificates()?;
+        crate::tls::tls_server_end_point(certs.first()?)
+    }
 }
 
 /// Connects to the first host that accepts, trying them in order, and starts

@@ -21,6 +21,7 @@
 //! without the named check hides a typo. Host names are checked against the
 //! subject alternative names only; rustls ignores the common name.
 
+mod binding;
 mod verify;
 
 use std::fmt;
@@ -33,6 +34,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
+pub use binding::tls_server_end_point;
 pub use verify::CertificateRejected;
 use verify::ServerVerifier;
 
