@@ -12,9 +12,9 @@ use crate::tls::{describe_handshake_error, SslMode};
 /// Opens a connection and drives it on a task of its own; `role` names the
 /// database in the log line written when the connection closes with an error.
 ///
-/// With `sslmode=prefer`, a connection that fails over TLS (handshake, or an
-/// error from the server such as a `hostnossl` rule) is retried once without
-/// TLS, as libpq does.
+/// With `sslmode=prefer`, a connection that fails over TLS is retried once
+/// without TLS, as libpq does. Such failures are a failed handshake and an
+/// error from the server, such as a `hostnossl` rule in `pg_hba.conf`.
 pub async fn connect(
     target: &PostgresTarget,
     role: &'static str,

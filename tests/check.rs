@@ -239,8 +239,8 @@ async fn invalidated_slot_fails() {
     let (_dir, config) = cluster_config(&cluster);
     run_setup(&config).await;
 
-    // Nobody reads the slot, so switching segments and checkpointing removes
-    // the WAL it needs once more than 1MB is retained.
+    // No client consumes the slot, so switching segments and checkpointing
+    // removes the WAL it needs once more than 1MB is retained.
     let client = connect(&cluster.superuser_url(APP_DATABASE)).await;
     client
         .batch_execute("CREATE TABLE filler (x int)")

@@ -24,7 +24,7 @@ const UNSUPPORTED_KEYS: [&str; 7] = [
     "ssl_max_protocol_version",
 ];
 
-/// Where to connect: tokio-postgres settings and the TLS settings that go with them.
+/// A connection target: the tokio-postgres settings and their TLS settings.
 #[derive(Clone, Debug)]
 pub struct PostgresTarget {
     /// Everything but TLS; its `ssl_mode` is `prefer`, `require` or `disable`
@@ -113,20 +113,20 @@ fn split_url(url: &str) -> (String, Vec<(String, String)>) {
     let Some((path, query)) = base.split_once('?') else {
         return (url.to_owned(), Vec::new());
     };
-    let mut kept = form_urlencoded::Serializer::new(String::new());
+    let mut remaining = form_urlencoded::Serializer::new(String::new());
     let mut tls = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         if is_tls_key(&key) {
             tls.push((key.into_owned(), value.into_owned()));
         } else {
-            kept.append_pair(&key, &value);
+            remaining.append_pair(&key, &value);
         }
     }
-    let kept = kept.finish();
+    let remaining = remaining.finish();
     let mut rest = path.to_owned();
-    if !kept.is_empty() {
+    if !remaining.is_empty() {
         rest.push('?');
-        rest.push_str(&kept);
+        rest.push_str(&remaining);
     }
     if let Some(fragment) = fragment {
         rest.push('#');
@@ -137,17 +137,17 @@ fn split_url(url: &str) -> (String, Vec<(String, String)>) {
 
 /// Splits the TLS keys off a `key=value` string, re-quoting the others.
 fn split_key_values(text: &str) -> Result<(String, Vec<(String, String)>), String> {
-    let mut kept = Vec::new();
+    let mut remaining = Vec::new();
     let mut tls = Vec::new();
     for (key, value) in parse_key_values(text)? {
         if is_tls_key(&key) {
             tls.push((key, value));
         } else {
             let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
-            kept.push(format!("{key}='{quoted}'"));
+            remaining.push(format!("{key}='{quoted}'"));
         }
     }
-    Ok((kept.join(" "), tls))
+    Ok((remaining.join(" "), tls))
 }
 
 /// Parses `key = value` pairs, where a value may be single-quoted with

@@ -58,7 +58,7 @@ local   replication  all                 trust
 {host}    all          all   127.0.0.1/32  scram-sha-256
 ";
 
-/// How [`TempCluster::start_with`] sets up the cluster.
+/// Settings of a cluster that [`TempCluster::start_with`] starts.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
     /// `wal_level`; walhook needs `logical`.
@@ -115,7 +115,7 @@ impl TempCluster {
         TempCluster::start_with(ClusterOptions::default())
     }
 
-    /// Like [`TempCluster::start`], with the settings of `options`.
+    /// Creates and starts a cluster like [`TempCluster::start`], with the settings of `options`.
     pub fn start_with(options: ClusterOptions) -> anyhow::Result<TempCluster> {
         let bin_dir = find_bin_dir()?;
         let run_as = server_user()?;

@@ -7,7 +7,7 @@
 //! (protocol-flow.html, sasl-authentication.html). Over TLS, SCRAM binds
 //! to the server certificate (SCRAM-SHA-256-PLUS with `tls-server-end-point`)
 //! when the server offers it, unless `channel_binding=disable`. Without
-//! binding data the server is told `n` in the GS2 header, and `y` when the
+//! binding data the client sends `n` in the GS2 header, and `y` when the
 //! client could bind but the server offered no binding.
 
 use postgres_protocol::authentication::md5_hash;

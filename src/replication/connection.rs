@@ -55,7 +55,7 @@ pub struct SystemIdentity {
 }
 
 impl ReplicationClient {
-    /// Connects, starts TLS as `sslmode` asks, authenticates and waits until
+    /// Connects, starts TLS as `sslmode` requests, authenticates and waits until
     /// the server is ready for commands.
     ///
     /// Hosts are tried in order until one accepts the connection. With

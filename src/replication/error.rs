@@ -51,7 +51,7 @@ pub enum ReplicationError {
         user: String,
     },
 
-    /// The server answered the SSLRequest with `N` and the mode needs TLS.
+    /// The server rejected the SSLRequest with `N`, and the mode needs TLS.
     #[error(
         "server `{address}` does not offer TLS, which sslmode `{mode}` requires: set ssl = on \
          in postgresql.conf, or use sslmode=prefer or disable"

@@ -7,7 +7,7 @@
 //! name lookup of the i-th TCP host, and the host name is still the one that
 //! the server certificate must list.
 //!
-//! TLS starts as in libpq: an SSLRequest, one byte of answer (`S` or `N`),
+//! TLS starts as in libpq: an SSLRequest, a one-byte response (`S` or `N`),
 //! then the handshake, before the startup message (PostgreSQL's "Message
 //! Flow", section "SSL Session Encryption"). Unix sockets never use TLS, as
 //! in libpq.
@@ -59,7 +59,7 @@ impl Socket {
 }
 
 /// Connects to the first host that accepts, trying them in order, and starts
-/// TLS as `tls` asks.
+/// TLS as `tls` requests.
 ///
 /// # Errors
 ///
@@ -114,7 +114,7 @@ pub(crate) async fn connect_any(
     Err(last_error)
 }
 
-/// Sends SSLRequest and runs the TLS handshake when the mode asks for TLS
+/// Sends SSLRequest and runs the TLS handshake when the mode requests TLS
 /// and the server offers it.
 async fn start_tls(
     mut stream: TcpStream,
@@ -129,7 +129,7 @@ async fn start_tls(
     frontend::ssl_request(&mut request);
     stream.write_all(&request).await?;
 
-    // The answer is one unframed byte, so nothing else may be read with it.
+    // The response is one unframed byte, so nothing else may be read with it.
     match stream.read_u8().await? {
         b'S' => {}
         b'N' if tls.mode().is_required() => {

@@ -120,14 +120,14 @@ pub struct TlsOptions {
 /// A failure to read or use the certificate files of [`TlsOptions`].
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
-    /// A file could not be read or holds no valid PEM item.
+    /// A file could not be read or contains no valid PEM item.
     #[error("cannot read `{key}` file `{path}`: {reason}")]
     ReadFile {
         /// The connection string key, such as `sslrootcert`.
         key: &'static str,
         /// The file.
         path: PathBuf,
-        /// Why it cannot be used.
+        /// The reason the file cannot be used.
         reason: String,
     },
 

@@ -8,7 +8,7 @@
 //! error when the mode does not check the name. WebPKI checks the chain first
 //! and the name after it (rustls 0.23 `WebPkiServerVerifier`), so a name error
 //! means the chain was valid. Handshake signatures are always verified, so the
-//! peer proves that it holds the key of the certificate it sent.
+//! peer proves that it has the private key of the certificate it sent.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,7 +59,7 @@ pub enum CertificateRejected {
     },
 }
 
-/// What the server certificate is checked against.
+/// A server certificate verifier for one `sslmode`.
 #[derive(Debug)]
 pub(super) struct ServerVerifier {
     /// The chain verifier and its root certificate file; `None` accepts any certificate.
@@ -70,7 +70,7 @@ pub(super) struct ServerVerifier {
 }
 
 impl ServerVerifier {
-    /// A verifier that accepts any certificate, for `require` and `prefer`
+    /// Creates a verifier that accepts any certificate, for `require` and `prefer`
     /// without a root certificate file.
     pub(super) fn accept_any(provider: Arc<CryptoProvider>) -> ServerVerifier {
         ServerVerifier {
@@ -80,7 +80,8 @@ impl ServerVerifier {
         }
     }
 
-    /// A verifier of the chain against `roots`, and of the host name when `check_host`.
+    /// Creates a verifier of the chain against `webpki`'s roots, and of the
+    /// host name when `check_host`.
     pub(super) fn with_roots(
         webpki: Arc<WebPkiServerVerifier>,
         root_cert: PathBuf,
