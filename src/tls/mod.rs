@@ -21,7 +21,6 @@
 //! without the named check hides a typo. Host names are checked against the
 //! subject alternative names only; rustls ignores the common name.
 
-mod binding;
 mod verify;
 
 use std::fmt;
@@ -34,9 +33,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-pub use binding::tls_server_end_point;
-pub use verify::CertificateRejected;
 use verify::ServerVerifier;
+pub use verify::{tls_server_end_point, CertificateRejected};
 
 /// libpq's `sslmode`, without `allow`, which walhook rejects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
