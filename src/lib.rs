@@ -22,3 +22,4 @@ pub mod queue;
 pub mod replication;
 pub mod routing;
 pub mod rules;
+pub mod tls;

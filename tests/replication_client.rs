@@ -229,7 +229,9 @@ async fn create_slot(admin: &tokio_postgres::Client) {
 
 async fn start_stream(cluster: &Cluster) -> ReplicationStream {
     let config = cluster.tcp_config("scram_user", Some(SCRAM_PASSWORD));
-    let client = ReplicationClient::connect(&config).await.expect("connect");
+    let client = ReplicationClient::connect(&config.into())
+        .await
+        .expect("connect");
     client
         .start_logical_replication(SLOT, Lsn::ZERO, PUBLICATION)
         .await
@@ -270,7 +272,7 @@ async fn auth_methods_connect() {
 
     for (user, password) in cases {
         let config = cluster.tcp_config(user, password);
-        let mut client = ReplicationClient::connect(&config)
+        let mut client = ReplicationClient::connect(&config.into())
             .await
             .unwrap_or_else(|err| panic!("{user} should connect: {err:?}"));
 
@@ -298,7 +300,7 @@ async fn wrong_password_rejected() {
     for user in ["md5_user", "scram_user"] {
         let config = cluster.tcp_config(user, Some("wrong"));
 
-        let result = ReplicationClient::connect(&config).await;
+        let result = ReplicationClient::connect(&config.into()).await;
 
         let err = result
             .err()
@@ -321,7 +323,9 @@ async fn unix_socket_and_session_settings() {
         .user("trust_user")
         .dbname("postgres");
 
-    let mut client = ReplicationClient::connect(&config).await.expect("connect");
+    let mut client = ReplicationClient::connect(&config.into())
+        .await
+        .expect("connect");
 
     let show =
         |rows: Vec<Vec<Option<String>>>| rows.into_iter().next().and_then(|row| row[0].clone());
@@ -344,7 +348,9 @@ async fn simple_query_reports_server_error() {
     let cluster = Cluster::start();
     let _admin = cluster.admin().await;
     let config = cluster.tcp_config("trust_user", None);
-    let mut client = ReplicationClient::connect(&config).await.expect("connect");
+    let mut client = ReplicationClient::connect(&config.into())
+        .await
+        .expect("connect");
 
     let err = client
         .simple_query("DROP_REPLICATION_SLOT missing_slot")
@@ -450,7 +456,9 @@ async fn second_stream_slot_in_use() {
     let _first = start_stream(&cluster).await;
 
     let config = cluster.tcp_config("scram_user", Some(SCRAM_PASSWORD));
-    let client = ReplicationClient::connect(&config).await.expect("connect");
+    let client = ReplicationClient::connect(&config.into())
+        .await
+        .expect("connect");
     let result = client
         .start_logical_replication(SLOT, Lsn::ZERO, PUBLICATION)
         .await;
@@ -466,7 +474,9 @@ async fn terminated_walsender_ends_stream() {
     let admin = cluster.admin().await;
     create_slot(&admin).await;
     let config = cluster.tcp_config("scram_user", Some(SCRAM_PASSWORD));
-    let client = ReplicationClient::connect(&config).await.expect("connect");
+    let client = ReplicationClient::connect(&config.into())
+        .await
+        .expect("connect");
     let pid = client.backend_pid();
     let mut stream = client
         .start_logical_replication(SLOT, Lsn::ZERO, PUBLICATION)

@@ -78,14 +78,27 @@ async fn connect(config: &Config) -> Result<Client, String> {
     let postgres = config.source_postgres().map_err(|err| err.to_string())?;
     crate::db::connect(&postgres, "application")
         .await
-        .map_err(|err| format!("{}; check source.url and that the server accepts the role", crate::db::describe(&err)))
+        .map_err(|err| {
+            let text = crate::db::describe(&err);
+            if text.contains("no encryption") {
+                // pg_hba.conf has only `hostssl` lines for this client.
+                format!("{text}; the server accepts this role only over TLS: set sslmode=require, verify-ca or verify-full in source.url")
+            } else {
+                format!("{text}; check source.url and that the server accepts the role")
+            }
+        })
 }
 
 async fn setting(client: &Client, name: &str) -> Result<String, String> {
     let row = client
         .query_one("SELECT current_setting($1)", &[&name])
         .await
-        .map_err(|err| format!("cannot read setting `{name}`: {}", crate::db::describe(&err)))?;
+        .map_err(|err| {
+            format!(
+                "cannot read setting `{name}`: {}",
+                crate::db::describe(&err)
+            )
+        })?;
     Ok(row.get(0))
 }
 
@@ -329,7 +342,35 @@ async fn check_table(
             format!("replica identity is not FULL, so UPDATEs lack the old row; run ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted()),
         );
     }
+    if needs_old_row {
+        if let Some(problem) = check_partitions(client, table).await {
+            return Finding::failed(name, problem);
+        }
+    }
     Finding::ok(name)
+}
+
+/// Returns the problem when a partition of a partitioned table lacks
+/// REPLICA IDENTITY FULL. The WAL of a row change is written by its
+/// partition, so the partition's own setting decides whether the old row is
+/// logged, whatever the parent's setting.
+async fn check_partitions(client: &Client, table: &QualifiedName) -> Option<String> {
+    let sql = "SELECT c.oid::regclass::text
+               FROM pg_partition_tree(format('%I.%I', $1::text, $2::text)::regclass) t
+               JOIN pg_class c ON c.oid = t.relid
+               WHERE t.level > 0 AND c.relkind = 'r' AND c.relreplident <> 'f'
+               ORDER BY 1";
+    let rows = match client.query(sql, &[&table.schema, &table.name]).await {
+        Ok(rows) => rows,
+        Err(err) => return Some(format!("cannot list the partitions: {err}")),
+    };
+    let partitions: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    let first = partitions.first()?;
+    let list: Vec<String> = partitions.iter().map(|name| format!("`{name}`")).collect();
+    Some(format!(
+        "partition {} lacks REPLICA IDENTITY FULL, so UPDATEs of its rows lack the old row; run ALTER TABLE {first} REPLICA IDENTITY FULL on each",
+        list.join(", ")
+    ))
 }
 
 async fn check_slot(client: &Client, config: &Config) -> Finding {
@@ -369,7 +410,13 @@ async fn check_queue(config: &Config) -> Finding {
     let client = match crate::db::connect(&postgres, "queue").await {
         Ok(client) => client,
         Err(err) => {
-            return Finding::failed(name, format!("cannot connect to the queue database: {}", crate::db::describe(&err)))
+            return Finding::failed(
+                name,
+                format!(
+                    "cannot connect to the queue database: {}",
+                    crate::db::describe(&err)
+                ),
+            )
         }
     };
     let sql = "SELECT count(*) FROM pg_tables WHERE schemaname = $1

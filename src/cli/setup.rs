@@ -155,7 +155,10 @@ fn print_sql(config: &Config) {
     );
 }
 
-async fn connect(config: &tokio_postgres::Config, which: &'static str) -> anyhow::Result<Client> {
+async fn connect(
+    config: &crate::config::PostgresTarget,
+    which: &'static str,
+) -> anyhow::Result<Client> {
     crate::db::connect(config, which)
         .await
         .with_context(|| format!("cannot connect to the {which} database"))

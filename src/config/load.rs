@@ -78,8 +78,7 @@ impl Config {
                 "is empty; set the URL of the application database",
             ));
         }
-        self.source_postgres()?;
-        self.queue_postgres()?;
+        self.parse_postgres_urls()?;
         validate_identifier("source.slot", &self.source.slot)?;
         validate_identifier("source.publication", &self.source.publication)?;
         validate_identifier("queue.schema", &self.queue.schema)?;

@@ -7,6 +7,7 @@
 
 mod duration;
 mod load;
+mod postgres;
 mod secret;
 mod tables;
 
@@ -18,6 +19,7 @@ use serde::Deserialize;
 
 pub use duration::parse_duration;
 pub use load::{load, load_str, ConfigError};
+pub use postgres::{parse_connection_string, ParsedConnectionString, PostgresTarget};
 pub use secret::Secret;
 pub use tables::{
     quote_ident, ChatsTable, HesScoresTable, JobsTable, QualifiedName, SubscriptionsTable, Tables,
@@ -256,29 +258,45 @@ impl Default for LogConfig {
 
 impl Config {
     /// Returns the connection settings of the application database, with the
-    /// password of `password_file` applied.
-    pub fn source_postgres(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        let mut config = parse_url("source.url", &self.source.url)?;
+    /// password of `password_file` applied, and reads the TLS certificate
+    /// files that `source.url` names.
+    pub fn source_postgres(&self) -> Result<PostgresTarget, ConfigError> {
+        let mut parsed = parse_url("source.url", &self.source.url)?;
         if let Some(password) = &self.source.password {
-            config.password(password.expose());
+            parsed.config.password(password.expose());
         }
-        Ok(config)
+        load_target("source.url", parsed)
     }
 
     /// Returns the connection settings of the queue database, which is the
     /// application database unless `queue.url` is set.
-    pub fn queue_postgres(&self) -> Result<tokio_postgres::Config, ConfigError> {
+    pub fn queue_postgres(&self) -> Result<PostgresTarget, ConfigError> {
         match &self.queue.url {
-            Some(url) => parse_url("queue.url", url),
+            Some(url) => load_target("queue.url", parse_url("queue.url", url)?),
             None => self.source_postgres(),
         }
     }
+
+    /// Checks that `source.url` and `queue.url` parse, reading no file.
+    pub fn parse_postgres_urls(&self) -> Result<(), ConfigError> {
+        parse_url("source.url", &self.source.url)?;
+        if let Some(url) = &self.queue.url {
+            parse_url("queue.url", url)?;
+        }
+        Ok(())
+    }
 }
 
-fn parse_url(key: &str, url: &str) -> Result<tokio_postgres::Config, ConfigError> {
-    url.parse::<tokio_postgres::Config>()
-        .map_err(|err| ConfigError::Invalid {
-            key: key.to_owned(),
-            message: format!("is not a PostgreSQL connection URL: {err}"),
-        })
+fn parse_url(key: &str, url: &str) -> Result<ParsedConnectionString, ConfigError> {
+    parse_connection_string(url).map_err(|message| ConfigError::Invalid {
+        key: key.to_owned(),
+        message: format!("is not a valid PostgreSQL connection URL: {message}"),
+    })
+}
+
+fn load_target(key: &str, parsed: ParsedConnectionString) -> Result<PostgresTarget, ConfigError> {
+    parsed.load().map_err(|message| ConfigError::Invalid {
+        key: key.to_owned(),
+        message,
+    })
 }

@@ -7,7 +7,8 @@
 //! included, use `scram-sha-256`, as a production server would. PostgreSQL
 //! refuses to run as root, so under root the server runs as the `postgres`
 //! user. Nothing is printed on stdout; the server log is `server.log` in the
-//! temporary directory.
+//! temporary directory. [`TempCluster::start_with`] changes these settings,
+//! so tests can start clusters that are set up wrongly or accept only TLS.
 
 use std::fs;
 use std::io::Write;
@@ -36,7 +37,6 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
 const POSTGRESQL_CONF: &str = "
 # Settings of a throwaway cluster for walhook's demo and tests.
 listen_addresses = '127.0.0.1'
-wal_level = logical
 max_wal_senders = 20
 max_replication_slots = 20
 max_connections = 200
@@ -49,13 +49,46 @@ logging_collector = off
 log_min_messages = warning
 ";
 
+/// `pg_hba.conf`, with `{host}` replaced by `host` or `hostssl`.
 const PG_HBA_CONF: &str = "
 # TYPE  DATABASE     USER  ADDRESS       METHOD
 local   all          all                 trust
 local   replication  all                 trust
-host    replication  all   127.0.0.1/32  scram-sha-256
-host    all          all   127.0.0.1/32  scram-sha-256
+{host}    replication  all   127.0.0.1/32  scram-sha-256
+{host}    all          all   127.0.0.1/32  scram-sha-256
 ";
+
+/// Settings of a cluster that [`TempCluster::start_with`] starts.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// `wal_level`; walhook needs `logical`.
+    pub wal_level: String,
+    /// Server certificate and key; `None` leaves `ssl = off`.
+    pub ssl: Option<ServerTls>,
+    /// Lines appended to `postgresql.conf`, such as `max_slot_wal_keep_size = 1MB`.
+    pub extra_conf: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            wal_level: "logical".to_owned(),
+            ssl: None,
+            extra_conf: String::new(),
+        }
+    }
+}
+
+/// The server side of TLS for [`ClusterOptions::ssl`].
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// PEM of the server certificate, followed by its intermediates if any.
+    pub cert_pem: String,
+    /// PEM of the server certificate's private key.
+    pub key_pem: String,
+    /// Whether TCP connections must use TLS: `hostssl` in `pg_hba.conf` instead of `host`.
+    pub tls_only: bool,
+}
 
 /// A running PostgreSQL cluster in a temporary directory, removed on drop.
 ///
@@ -79,6 +112,11 @@ impl TempCluster {
     /// and no `postgres` user exists. Fails also when `initdb` or the server
     /// fails, and the error then contains the tool's output.
     pub fn start() -> anyhow::Result<TempCluster> {
+        TempCluster::start_with(ClusterOptions::default())
+    }
+
+    /// Creates and starts a cluster like [`TempCluster::start`], with the settings of `options`.
+    pub fn start_with(options: ClusterOptions) -> anyhow::Result<TempCluster> {
         let bin_dir = find_bin_dir()?;
         let run_as = server_user()?;
         let dir = tempfile::Builder::new()
@@ -101,7 +139,7 @@ impl TempCluster {
             running: false,
         };
         cluster.initdb()?;
-        cluster.write_settings()?;
+        cluster.write_settings(&options)?;
         cluster.start_server()?;
 
         let create_role = format!(
@@ -140,6 +178,15 @@ impl TempCluster {
     pub fn walhook_url(&self, db: &str) -> String {
         format!(
             "postgres://{WALHOOK_ROLE}:{}@127.0.0.1:{}/{db}?sslmode=disable",
+            self.walhook_password, self.port
+        )
+    }
+
+    /// Returns a `postgres://` URL of database `db` for the role `walhook` at
+    /// `host` (a name or address of 127.0.0.1), with `query` as its parameters.
+    pub fn walhook_url_at(&self, host: &str, db: &str, query: &str) -> String {
+        format!(
+            "postgres://{WALHOOK_ROLE}:{}@{host}:{}/{db}?{query}",
             self.walhook_password, self.port
         )
     }
@@ -280,12 +327,22 @@ impl TempCluster {
         fs::remove_file(&password_file).context("cannot remove the superuser password file")
     }
 
-    fn write_settings(&self) -> anyhow::Result<()> {
-        let settings = format!(
-            "{POSTGRESQL_CONF}port = {}\nunix_socket_directories = '{}'\n",
+    fn write_settings(&self, options: &ClusterOptions) -> anyhow::Result<()> {
+        let mut settings = format!(
+            "{POSTGRESQL_CONF}port = {}\nunix_socket_directories = '{}'\nwal_level = {}\n",
             self.port,
-            self.socket_dir()
+            self.socket_dir(),
+            options.wal_level
         );
+        if let Some(tls) = &options.ssl {
+            self.write_server_file("server.crt", &tls.cert_pem)?;
+            self.write_server_file("server.key", &tls.key_pem)?;
+            settings
+                .push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        settings.push_str(&options.extra_conf);
+        settings.push('\n');
+
         let conf = self.data_dir().join("postgresql.conf");
         let mut file = fs::OpenOptions::new()
             .append(true)
@@ -293,8 +350,31 @@ impl TempCluster {
             .with_context(|| format!("cannot open `{}`", conf.display()))?;
         file.write_all(settings.as_bytes())
             .with_context(|| format!("cannot write `{}`", conf.display()))?;
-        fs::write(self.data_dir().join("pg_hba.conf"), PG_HBA_CONF)
-            .context("cannot write `pg_hba.conf`")
+        let host_type = match &options.ssl {
+            Some(tls) if tls.tls_only => "hostssl",
+            _ => "host",
+        };
+        fs::write(
+            self.data_dir().join("pg_hba.conf"),
+            PG_HBA_CONF.replace("{host}", host_type),
+        )
+        .context("cannot write `pg_hba.conf`")
+    }
+
+    /// Writes a file into the data directory, readable only by the server's
+    /// user, as PostgreSQL requires of its private key.
+    fn write_server_file(&self, name: &str, contents: &str) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+
+        let path = self.data_dir().join(name);
+        fs::write(&path, contents).with_context(|| format!("cannot write `{}`", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot chmod `{}`", path.display()))?;
+        if let Some(user) = &self.run_as {
+            chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .with_context(|| format!("cannot give `{}` to user `postgres`", path.display()))?;
+        }
+        Ok(())
     }
 
     /// Starts the server and waits until it accepts connections.

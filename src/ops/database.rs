@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
-use crate::config::quote_ident;
+use crate::config::{quote_ident, PostgresTarget};
 use crate::payload::EventKind;
 use crate::replication::Lsn;
 
@@ -22,7 +22,7 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A failed operations query.
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
-    #[error("{database} database: {source}")]
+    #[error("{database} database: {}", crate::db::describe(source))]
     Postgres {
         database: &'static str,
         source: tokio_postgres::Error,
@@ -35,7 +35,7 @@ pub enum DatabaseError {
 
 /// One connection to a database, opened when needed.
 pub struct LazyClient {
-    config: tokio_postgres::Config,
+    config: PostgresTarget,
     database: &'static str,
     client: Mutex<Option<Arc<Client>>>,
 }
@@ -43,7 +43,7 @@ pub struct LazyClient {
 impl LazyClient {
     /// Creates the handle without connecting; `database` names the database
     /// in errors and logs (`queue`, `application`).
-    pub fn new(config: tokio_postgres::Config, database: &'static str) -> LazyClient {
+    pub fn new(config: PostgresTarget, database: &'static str) -> LazyClient {
         LazyClient {
             config,
             database,

@@ -199,8 +199,9 @@ async fn load_subscriptions(config: &Config, subscriptions: &Subscriptions) -> a
         .map_err(|err| {
             anyhow::anyhow!(
                 "cannot read subscriptions table `{}`: {}",
-                config.subscriptions.table
-            , crate::db::describe(&err))
+                config.subscriptions.table,
+                crate::db::describe(&err)
+            )
         })?;
     tracing::info!(
         subscriptions = loaded,

@@ -4,13 +4,19 @@
 //! Authentication message. walhook supports `trust` (nothing to send),
 //! `password` (cleartext), `md5` and `scram-sha-256`, as described in
 //! PostgreSQL's "Message Flow" and "SASL Authentication" documentation
-//! (protocol-flow.html, sasl-authentication.html). Without TLS, SCRAM runs
-//! without channel binding, so the server is told `n` in the GS2 header.
+//! (protocol-flow.html, sasl-authentication.html). Over TLS, SCRAM binds
+//! to the server certificate (SCRAM-SHA-256-PLUS with `tls-server-end-point`)
+//! when the server offers it, unless `channel_binding=disable`. Without
+//! binding data the client sends `n` in the GS2 header, and `y` when the
+//! client could bind but the server offered no binding.
 
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::message::backend::{AuthenticationSaslBody, Message};
 use postgres_protocol::message::frontend;
+use tokio_postgres::config::ChannelBinding as BindingMode;
 use tracing::debug;
 
 use super::codec::{read_message, send_message, tag_of, BackendMessage, Transport};
@@ -18,6 +24,14 @@ use super::ReplicationError;
 
 /// Exchange name for errors of unexpected messages.
 const CONTEXT: &str = "authenticating";
+
+/// The channel binding setting and the binding data of the connection.
+pub(crate) struct BindingPolicy {
+    /// `channel_binding` of the connection settings.
+    pub(crate) mode: BindingMode,
+    /// `tls-server-end-point` data; `None` without TLS.
+    pub(crate) data: Option<Vec<u8>>,
+}
 
 /// Runs the authentication exchange until the server sends AuthenticationOk.
 ///
@@ -27,11 +41,15 @@ const CONTEXT: &str = "authenticating";
 /// password, [`ReplicationError::MissingPassword`] when it requests one that
 /// is not configured, and [`ReplicationError::UnsupportedAuthentication`] for
 /// GSSAPI, SSPI, Kerberos or SASL mechanisms other than SCRAM-SHA-256.
+/// [`ReplicationError::ChannelBindingRequired`] when `channel_binding=require`
+/// and the login ended without channel binding.
 pub(crate) async fn authenticate(
     transport: &mut Transport,
     user: &str,
     password: Option<&[u8]>,
+    binding: &BindingPolicy,
 ) -> Result<(), ReplicationError> {
+    let mut bound = false;
     loop {
         let message = match read_message(transport).await? {
             BackendMessage::Message(message) => message,
@@ -39,7 +57,10 @@ pub(crate) async fn authenticate(
         };
         match message {
             Message::AuthenticationOk => {
-                debug!(user, "authenticated");
+                if binding.mode == BindingMode::Require && !bound {
+                    return Err(ReplicationError::ChannelBindingRequired);
+                }
+                debug!(user, channel_binding = bound, "authenticated");
                 return Ok(());
             }
             Message::AuthenticationCleartextPassword => {
@@ -56,7 +77,7 @@ pub(crate) async fn authenticate(
             }
             Message::AuthenticationSasl(body) => {
                 let password = require_password(user, password)?;
-                authenticate_scram(transport, &body, password).await?;
+                bound = authenticate_scram(transport, &body, password, binding).await?;
             }
             Message::ErrorResponse(body) => {
                 return Err(ReplicationError::from_fields(body.fields()))
@@ -70,16 +91,27 @@ pub(crate) async fn authenticate(
     }
 }
 
-/// Runs a SCRAM-SHA-256 exchange up to and including AuthenticationSASLFinal.
+/// Runs a SCRAM-SHA-256 exchange up to and including AuthenticationSASLFinal,
+/// and returns whether it was bound to the TLS channel.
 async fn authenticate_scram(
     transport: &mut Transport,
     body: &AuthenticationSaslBody,
     password: &[u8],
-) -> Result<(), ReplicationError> {
-    check_scram_offered(body)?;
-    let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
+    binding: &BindingPolicy,
+) -> Result<bool, ReplicationError> {
+    let offers_plus = check_scram_offered(body)?;
+    let (mechanism, channel_binding) = match (&binding.data, binding.mode) {
+        (_, BindingMode::Disable) | (None, _) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+        (Some(data), _) if offers_plus => (
+            SCRAM_SHA_256_PLUS,
+            ChannelBinding::tls_server_end_point(data.clone()),
+        ),
+        (Some(_), _) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+    };
+    let bound = mechanism == SCRAM_SHA_256_PLUS;
+    let mut scram = ScramSha256::new(password, channel_binding);
     send_message(transport, |buf| {
-        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), buf)
+        frontend::sasl_initial_response(mechanism, scram.message(), buf)
     })
     .await?;
 
@@ -98,7 +130,8 @@ async fn authenticate_scram(
     // The server proves that it has the password too.
     match read_auth_message(transport).await? {
         Message::AuthenticationSaslFinal(body) => {
-            scram.finish(body.data()).map_err(ReplicationError::Scram)
+            scram.finish(body.data()).map_err(ReplicationError::Scram)?;
+            Ok(bound)
         }
         other => Err(unexpected(&BackendMessage::Message(other))),
     }
@@ -115,12 +148,14 @@ async fn read_auth_message(transport: &mut Transport) -> Result<Message, Replica
     }
 }
 
-fn check_scram_offered(body: &AuthenticationSaslBody) -> Result<(), ReplicationError> {
+/// Checks that SCRAM-SHA-256 is offered, and returns whether its channel
+/// binding variant is offered too.
+fn check_scram_offered(body: &AuthenticationSaslBody) -> Result<bool, ReplicationError> {
     use fallible_iterator::FallibleIterator;
 
     let mechanisms: Vec<&str> = body.mechanisms().collect()?;
     if mechanisms.contains(&SCRAM_SHA_256) {
-        return Ok(());
+        return Ok(mechanisms.contains(&SCRAM_SHA_256_PLUS));
     }
     Err(unsupported(&format!("SASL {}", mechanisms.join(", "))))
 }

@@ -14,17 +14,17 @@ use std::collections::HashMap;
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
-use tokio_postgres::config::{ChannelBinding, SslMode};
 use tokio_util::codec::Framed;
 use tracing::{debug, info};
 
-use super::auth::authenticate;
+use super::auth::{authenticate, BindingPolicy};
 use super::codec::Transport;
 use super::codec::{log_notice, read_message, send_message, tag_of, BackendMessage, PostgresCodec};
-use super::socket::connect_any;
+use super::socket::{connect_any, Socket};
 use super::stream::ReplicationStream;
 use super::{Lsn, ReplicationError};
-use crate::config::quote_ident;
+use crate::config::{quote_ident, PostgresTarget};
+use crate::tls::{SslMode, TlsSettings};
 
 /// `application_name` when the connection settings set none.
 const DEFAULT_APPLICATION_NAME: &str = "walhook";
@@ -55,21 +55,50 @@ pub struct SystemIdentity {
 }
 
 impl ReplicationClient {
-    /// Connects, authenticates and waits until the server is ready for commands.
+    /// Connects, starts TLS as `sslmode` requests, authenticates and waits until
+    /// the server is ready for commands.
     ///
-    /// Hosts are tried in order until one accepts the connection.
+    /// Hosts are tried in order until one accepts the connection. With
+    /// `sslmode=prefer`, a login that the server rejects over TLS is retried
+    /// once without TLS, as libpq does.
     ///
     /// # Errors
     ///
-    /// A configuration error for `sslmode=require`, `channel_binding=require`
-    /// or a missing user or host. [`ReplicationError::Connect`] when no host
-    /// accepts. [`ReplicationError::Server`] when the server rejects the login,
-    /// for example with SQLSTATE 28P01 for a wrong password.
-    pub async fn connect(config: &tokio_postgres::Config) -> Result<Self, ReplicationError> {
-        check_tls_settings(config)?;
+    /// A configuration error for a missing user or host, and
+    /// [`ReplicationError::ChannelBindingRequired`]. [`ReplicationError::Connect`] when no host accepts,
+    /// [`ReplicationError::TlsNotOffered`] and [`ReplicationError::Tls`] when
+    /// TLS is required and fails. [`ReplicationError::Server`] when the server
+    /// rejects the login, for example with SQLSTATE 28P01 for a wrong password.
+    pub async fn connect(target: &PostgresTarget) -> Result<Self, ReplicationError> {
+        let config = &target.config;
+        config.get_user().ok_or(ReplicationError::MissingUser)?;
+        let (socket, address) = connect_any(config, &target.tls).await?;
+        let over_tls = socket.is_tls();
+        match Self::start_up(socket, &address, config).await {
+            Err(ReplicationError::Server { code, message })
+                if over_tls && target.tls.mode() == SslMode::Prefer =>
+            {
+                debug!(%address, code, message, "login over TLS rejected, retrying without TLS");
+                let (socket, address) = connect_any(config, &TlsSettings::disabled()).await?;
+                Self::start_up(socket, &address, config).await
+            }
+            result => result,
+        }
+    }
+
+    /// Sends the startup message on a connected socket and authenticates.
+    async fn start_up(
+        socket: Socket,
+        address: &str,
+        config: &tokio_postgres::Config,
+    ) -> Result<Self, ReplicationError> {
         let user = config.get_user().ok_or(ReplicationError::MissingUser)?;
         let database = config.get_dbname().unwrap_or(user);
-        let (socket, address) = connect_any(config).await?;
+        let over_tls = socket.is_tls();
+        let binding = BindingPolicy {
+            mode: config.get_channel_binding(),
+            data: socket.tls_server_end_point(),
+        };
         let mut transport = Framed::new(socket, PostgresCodec);
 
         let options = session_options(config.get_options());
@@ -88,7 +117,7 @@ impl ReplicationClient {
             frontend::startup_message(parameters, buf)
         })
         .await?;
-        authenticate(&mut transport, user, config.get_password()).await?;
+        authenticate(&mut transport, user, config.get_password(), &binding).await?;
 
         let mut client = ReplicationClient {
             transport,
@@ -100,6 +129,7 @@ impl ReplicationClient {
             %address,
             user,
             database,
+            tls = over_tls,
             backend_pid = client.backend_pid,
             server_version = client.parameter("server_version").unwrap_or("unknown"),
             "connected to postgres for replication"
@@ -291,29 +321,6 @@ impl ReplicationClient {
     }
 }
 
-/// Rejects settings that need TLS, which this client does not implement.
-fn check_tls_settings(config: &tokio_postgres::Config) -> Result<(), ReplicationError> {
-    // TODO: TLS is missing, so `prefer` connects without it even when the
-    // server offers it, and `require` is rejected.
-    match config.get_ssl_mode() {
-        SslMode::Disable | SslMode::Prefer => {}
-        SslMode::Require => {
-            return Err(ReplicationError::UnsupportedSslMode {
-                mode: "require".to_owned(),
-            })
-        }
-        other => {
-            return Err(ReplicationError::UnsupportedSslMode {
-                mode: format!("{other:?}").to_lowercase(),
-            })
-        }
-    }
-    if config.get_channel_binding() == ChannelBinding::Require {
-        return Err(ReplicationError::UnsupportedChannelBinding);
-    }
-    Ok(())
-}
-
 /// Appends walhook's session settings to the `options` of the connection settings.
 fn session_options(configured: Option<&str>) -> String {
     match configured {
@@ -407,27 +414,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connect_rejects_sslmode_require() {
-        let config: tokio_postgres::Config = "host=127.0.0.1 user=u sslmode=require"
-            .parse()
-            .expect("valid settings");
-
-        let result = ReplicationClient::connect(&config).await;
-
-        let Err(err) = result else {
-            panic!("sslmode=require must fail before connecting");
-        };
-        assert!(
-            err.to_string().contains("sslmode `require`"),
-            "error should name the mode: {err}"
-        );
-    }
-
-    #[tokio::test]
     async fn connect_rejects_missing_user() {
         let config: tokio_postgres::Config = "host=127.0.0.1".parse().expect("valid settings");
 
-        let result = ReplicationClient::connect(&config).await;
+        let result = ReplicationClient::connect(&config.into()).await;
 
         assert!(matches!(result, Err(ReplicationError::MissingUser)));
     }

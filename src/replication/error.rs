@@ -2,8 +2,8 @@
 //!
 //! The variants split by what the caller does next. Errors of the connection
 //! itself (refused, closed, a server shutting down) are transient, so the
-//! caller reconnects after a pause. Configuration errors (unsupported
-//! `sslmode`, missing password or user) need the operator to act, so retrying
+//! caller reconnects after a pause. Configuration errors (a rejected server
+//! certificate, missing password or user) need the operator to act, so retrying
 //! does not help. A server error keeps its SQLSTATE code, so callers can tell
 //! "slot in use by another process" (55006) apart from "slot does not exist"
 //! (42704). The codes are listed in PostgreSQL's Appendix A, "PostgreSQL Error
@@ -14,6 +14,7 @@ use std::io;
 use postgres_protocol::message::backend::ErrorFields;
 
 use super::protocol::ProtocolError;
+use crate::tls::SslMode;
 
 /// SQLSTATE `object_in_use`, raised when another process is streaming from the slot.
 const SQLSTATE_OBJECT_IN_USE: &str = "55006";
@@ -50,22 +51,36 @@ pub enum ReplicationError {
         user: String,
     },
 
-    /// The `sslmode` needs TLS, which this client does not implement yet.
+    /// The server rejected the SSLRequest with `N`, and the mode needs TLS.
     #[error(
-        "sslmode `{mode}` is not supported by the replication connection: \
-         use `sslmode=disable` or `sslmode=prefer`"
+        "server `{address}` does not offer TLS, which sslmode `{mode}` requires: set ssl = on \
+         in postgresql.conf, or use sslmode=prefer or disable"
     )]
-    UnsupportedSslMode {
-        /// The mode as written in the connection settings.
-        mode: String,
+    TlsNotOffered {
+        /// The host and port.
+        address: String,
+        /// The mode of the connection settings.
+        mode: SslMode,
     },
 
-    /// `channel_binding=require` needs TLS, which this client does not implement yet.
+    /// The TLS handshake failed, for example on a rejected server certificate.
+    #[error("TLS with `{address}` failed (sslmode `{mode}`): {reason}")]
+    Tls {
+        /// The host and port.
+        address: String,
+        /// The mode of the connection settings.
+        mode: SslMode,
+        /// The failure, with the fix when there is one.
+        reason: String,
+    },
+
+    /// `channel_binding=require`, and the login ended without channel binding.
     #[error(
-        "channel_binding `require` needs TLS, which the replication connection does not \
-         support: remove `channel_binding` from `source.url`"
+        "channel_binding `require`, but the server authenticated without SCRAM-SHA-256-PLUS: \
+         connect over TLS to a role with scram-sha-256 in pg_hba.conf, or remove \
+         `channel_binding` from the URL"
     )]
-    UnsupportedChannelBinding,
+    ChannelBindingRequired,
 
     /// The server requested an authentication method that this client lacks.
     #[error(

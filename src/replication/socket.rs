@@ -4,38 +4,71 @@
 //! to every host, otherwise the i-th port belongs to the i-th host. A Unix
 //! socket host is a directory, and the socket inside it is named
 //! `.s.PGSQL.<port>`. When `hostaddr` is set, the i-th address replaces the
-//! name lookup of the i-th TCP host.
+//! name lookup of the i-th TCP host, and the host name is still the one that
+//! the server certificate must list.
+//!
+//! TLS starts as in libpq: an SSLRequest, a one-byte response (`S` or `N`),
+//! then the handshake, before the startup message (PostgreSQL's "Message
+//! Flow", section "SSL Session Encryption"). Unix sockets never use TLS, as
+//! in libpq.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::Host;
-use tracing::warn;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tracing::{debug, warn};
 
 use super::ReplicationError;
+use crate::tls::{describe_handshake_error, SslMode, TlsSettings};
 
 /// The port that libpq uses when none is configured.
 const DEFAULT_PORT: u16 = 5432;
 
-/// A connected TCP or Unix socket.
+/// A connected TCP or Unix socket, or TLS over TCP.
 #[derive(Debug)]
 pub(crate) enum Socket {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// Connects to the first host that accepts, trying them in order.
+impl Socket {
+    /// Returns true when the connection is encrypted.
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, Socket::Tls(_))
+    }
+
+    /// Returns the `tls-server-end-point` channel binding data of a TLS connection.
+    pub(crate) fn tls_server_end_point(&self) -> Option<Vec<u8>> {
+        let Socket::Tls(stream) = self else {
+            return None;
+        };
+        let certs = stream.get_ref().1.peer_certificates()?;
+        crate::tls::tls_server_end_point(certs.first()?)
+    }
+}
+
+/// Connects to the first host that accepts, trying them in order, and starts
+/// TLS as `tls` requests.
 ///
 /// # Errors
 ///
-/// [`ReplicationError::MissingHost`] without hosts, otherwise a
-/// [`ReplicationError::Connect`] that names the last address tried.
+/// [`ReplicationError::MissingHost`] without hosts, otherwise the error of
+/// the last address tried: [`ReplicationError::Connect`],
+/// [`ReplicationError::TlsNotOffered`] or [`ReplicationError::Tls`].
 pub(crate) async fn connect_any(
     config: &tokio_postgres::Config,
+    tls: &TlsSettings,
 ) -> Result<(Socket, String), ReplicationError> {
     let hosts = config.get_hosts();
     let ports = config.get_ports();
@@ -45,20 +78,90 @@ pub(crate) async fn connect_any(
     let mut last_error = ReplicationError::MissingHost;
     for (index, host) in hosts.iter().enumerate() {
         let port = port_for(ports, index);
-        let host = match (host, host_addrs.get(index)) {
+        let target = match (host, host_addrs.get(index)) {
             (Host::Tcp(_), Some(addr)) => Host::Tcp(addr.to_string()),
             (host, _) => host.clone(),
         };
-        let address = describe(&host, port);
-        match connect_one(&host, port, timeout).await {
-            Ok(socket) => return Ok((socket, address)),
+        let address = describe(&target, port);
+        let socket = match connect_one(&target, port, timeout).await {
+            Ok(socket) => socket,
             Err(source) => {
                 warn!(address = %address, error = %source, "failed to connect to postgres host");
                 last_error = ReplicationError::Connect { address, source };
+                continue;
+            }
+        };
+        let (stream, name) = match (socket, host) {
+            (Socket::Tcp(stream), Host::Tcp(name)) => (stream, name),
+            (socket, _) => return Ok((socket, address)),
+        };
+        match start_tls(stream, name, tls, &address).await {
+            Ok(socket) => return Ok((socket, address)),
+            Err(err) if tls.mode() == SslMode::Prefer && !err.is_transient() => {
+                // libpq's `prefer` retries without TLS after a failed handshake.
+                debug!(address = %address, error = %err, "TLS handshake failed, retrying without TLS");
+                match connect_one(&target, port, timeout).await {
+                    Ok(socket) => return Ok((socket, address)),
+                    Err(source) => last_error = ReplicationError::Connect { address, source },
+                }
+            }
+            Err(err) => {
+                warn!(address = %address, error = %err, "failed to start TLS with postgres host");
+                last_error = err;
             }
         }
     }
     Err(last_error)
+}
+
+/// Sends SSLRequest and runs the TLS handshake when the mode requests TLS
+/// and the server offers it.
+async fn start_tls(
+    mut stream: TcpStream,
+    host_name: &str,
+    tls: &TlsSettings,
+    address: &str,
+) -> Result<Socket, ReplicationError> {
+    let Some(client_config) = tls.client_config() else {
+        return Ok(Socket::Tcp(stream));
+    };
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    stream.write_all(&request).await?;
+
+    // The response is one unframed byte, so nothing else may be read with it.
+    match stream.read_u8().await? {
+        b'S' => {}
+        b'N' if tls.mode().is_required() => {
+            return Err(ReplicationError::TlsNotOffered {
+                address: address.to_owned(),
+                mode: tls.mode(),
+            })
+        }
+        b'N' => return Ok(Socket::Tcp(stream)),
+        other => {
+            return Err(ReplicationError::UnexpectedMessage {
+                tag: char::from(other),
+                context: "requesting TLS",
+            })
+        }
+    }
+
+    let server_name =
+        ServerName::try_from(host_name.to_owned()).map_err(|_| ReplicationError::Tls {
+            address: address.to_owned(),
+            mode: tls.mode(),
+            reason: format!("`{host_name}` is not a valid host name for TLS"),
+        })?;
+    let connector = TlsConnector::from(Arc::clone(client_config));
+    match connector.connect(server_name, stream).await {
+        Ok(stream) => Ok(Socket::Tls(Box::new(stream))),
+        Err(err) => Err(ReplicationError::Tls {
+            address: address.to_owned(),
+            mode: tls.mode(),
+            reason: describe_handshake_error(&err),
+        }),
+    }
 }
 
 fn port_for(ports: &[u16], index: usize) -> u16 {
@@ -109,6 +212,7 @@ impl AsyncRead for Socket {
         match self.get_mut() {
             Socket::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
             Socket::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
+            Socket::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -122,6 +226,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
             Socket::Unix(stream) => Pin::new(stream).poll_write(cx, buf),
+            Socket::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -129,6 +234,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Tcp(stream) => Pin::new(stream).poll_flush(cx),
             Socket::Unix(stream) => Pin::new(stream).poll_flush(cx),
+            Socket::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
         }
     }
 
@@ -136,6 +242,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
             Socket::Unix(stream) => Pin::new(stream).poll_shutdown(cx),
+            Socket::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
 }
