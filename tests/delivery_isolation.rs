@@ -152,7 +152,7 @@ async fn confirmed_lsn(client: &tokio_postgres::Client, slot: &str) -> String {
     row.get(0)
 }
 
-/// Accepts TCP connections on `ip:0` and counts them, without answering.
+/// Accepts TCP connections on `ip:0` and counts them, without responding.
 async fn counting_listener(ip: &str) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind((ip, 0))
         .await

@@ -7,7 +7,7 @@
 //!
 //! Each scenario writes 200 stage changes, one transaction per job, to a
 //! company with one healthy subscription, optionally plus one that hangs past
-//! `delivery.timeout` and one that answers 500. Latency is the queue row's
+//! `delivery.timeout` and one that responds 500. Latency is the queue row's
 //! `delivered_at - created_at`, so replication time is not included.
 
 mod support;

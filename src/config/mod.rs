@@ -100,7 +100,7 @@ pub struct DeliveryConfig {
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Requests in flight to one endpoint (the `host:port` of the URL as
-    /// written), so a slow receiver holds at most this many of `concurrency`.
+    /// written), so a slow receiver takes at most this many of `concurrency`.
     #[serde(default = "default_per_endpoint_concurrency")]
     pub per_endpoint_concurrency: usize,
     /// Items in one webhook's payload array.

@@ -4,9 +4,9 @@
 //!
 //! When the pause ends, the breaker is half-open: one probe request may go. A
 //! success closes the breaker, and a failure opens it again for a longer
-//! pause. An attempt that started before the breaker opened says nothing
-//! about the endpoint after that, so its failure is ignored, but its success
-//! closes the breaker. The state machine is pure: callers pass the clock.
+//! pause. The failure of an attempt that started before the breaker opened
+//! is ignored, because it shows nothing about the endpoint since then, but
+//! its success closes the breaker. The state machine is pure: callers pass the clock.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ pub const FAILURE_THRESHOLD: u32 = 5;
 /// Pause after the breaker opens for the first time.
 pub const FIRST_PAUSE: Duration = Duration::from_secs(5);
 
-/// Longest pause of a breaker that keeps reopening.
+/// Maximum pause of a breaker that keeps reopening.
 pub const MAX_PAUSE: Duration = Duration::from_secs(10 * 60);
 
 /// A change of the breaker that callers log.

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::breaker::{Breaker, Transition};
 use crate::queue::EndpointRooms;
 
-/// What an attempt showed about its endpoint.
+/// Evidence of one attempt about the health of its endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndpointOutcome {
     /// A 2xx response.
@@ -117,7 +117,10 @@ impl EndpointTable {
                 "endpoint keeps failing, circuit breaker opened"
             ),
             Some(Transition::Closed) => {
-                info!(endpoint, "endpoint answered, circuit breaker closed");
+                info!(
+                    endpoint,
+                    "endpoint responded with success, circuit breaker closed"
+                );
             }
             None => {}
         }

@@ -6,10 +6,10 @@
 //! counts the attempt. A sender that dies mid-request thus leaves a row that
 //! comes due again when the lease runs out.
 //!
-//! Order is kept per (subscription, job): a pending row is claimable only
+//! Order is kept per (subscription, job). A pending row is claimable only
 //! when no older pending row of its subscription shares a job id with it
-//! (`job_ids && …`), so the webhooks about one job reach a subscription in
-//! commit order, one at a time, while other jobs are not held up. A row
+//! (`job_ids && …`). So the webhooks about one job reach a subscription in
+//! commit order, one at a time, and other jobs are not held up. A row
 //! without job ids is never held.
 //!
 //! The claim also takes the per-endpoint room of the caller: an endpoint is the
@@ -215,9 +215,9 @@ const ENDPOINT_SQL: &str = "coalesce(lower(substring(d.url \
 
 /// Builds the claim. `candidates` ranks the due, unheld rows per endpoint
 /// without locking them, because a locking query cannot hold a window
-/// function. `due` then locks the rows within each endpoint's room; its
-/// repeated status and time conditions are rechecked on a row that a
-/// concurrent claim changed after this statement's snapshot.
+/// function. `due` then locks the rows within each endpoint's room. It
+/// repeats the status and time conditions because PostgreSQL rechecks them
+/// on a row that a concurrent claim changed after this statement's snapshot.
 ///
 /// NOTE: `candidates` ranks every due, unheld row, so a claim costs time in
 /// proportion to that backlog, not to `limit`.

@@ -21,7 +21,7 @@ pub const SEED_JOB: &str = "
 ";
 
 /// Returns the test config of `db` with its `[delivery]` section replaced by
-/// `delivery`, which holds the keys without the section header.
+/// `delivery`, which contains the keys without the section header.
 pub fn config_with_delivery(db: &TestDb, delivery: &str) -> String {
     let config = db.config();
     let start = config
@@ -93,7 +93,7 @@ pub async fn queue_rows(db: &TestDb) -> Vec<QueueRow> {
         .collect()
 }
 
-/// Waits up to `timeout` until the queue holds `count` rows that all have
+/// Waits up to `timeout` until the queue contains `count` rows that all have
 /// `status`, and returns them.
 pub async fn wait_for_rows(
     db: &TestDb,
