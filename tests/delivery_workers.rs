@@ -706,3 +706,48 @@ async fn claim_respects_endpoint_room() {
     let ids: Vec<i64> = claimed.iter().map(|delivery| delivery.id).collect();
     assert_eq!(ids, vec![busy_ids[1], busy_ids[2]], "default room of two");
 }
+
+#[tokio::test]
+async fn breaker_pauses_failing_endpoint() {
+    let cluster = TestCluster::start();
+    let client = cluster.connect().await;
+    create_queue(&client).await;
+    let receiver = Receiver::scripted(&[500; 100]);
+    let url = format!("http://{}/hook", receiver.serve().await);
+    let mut ids = Vec::new();
+    for job in 1..=10 {
+        ids.push(
+            insert_job_delivery(&client, &format!("msg_breaker_{job}"), "sub_8", &url, job).await,
+        );
+    }
+
+    let subs = Subscriptions::default();
+    subs.upsert(subscription(8, &url));
+    let config = DeliveryConfig {
+        per_endpoint_concurrency: 2,
+        ..loopback_config(vec![Duration::from_secs(1); 5])
+    };
+    let workers = RunningWorkers::start(&cluster, &config, subs).await;
+
+    // Five failures open the breaker; at most one more request was in flight.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during_pause = receiver.received().len();
+    assert!(
+        (5..=6).contains(&during_pause),
+        "the breaker stopped requests after five failures: {during_pause} sent"
+    );
+
+    // After the pause, one probe goes out; its success closes the breaker.
+    receiver.statuses.lock().expect("receiver lock").clear();
+    for id in &ids {
+        wait_for_status(&client, *id, "delivered", Duration::from_secs(20)).await;
+    }
+    workers.stop().await;
+    let first_probe = receiver.received()[during_pause].at;
+    let last_failure = receiver.received()[during_pause - 1].at;
+    assert!(
+        first_probe - last_failure >= Duration::from_secs(4),
+        "the endpoint was paused: {:?}",
+        first_probe - last_failure
+    );
+}
