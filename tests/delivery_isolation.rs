@@ -125,6 +125,11 @@ async fn slot_advances_while_receiver_down() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    println!(
+        "confirmed_flush_lsn `{before}` before the writes, `{}` after, WAL at `{written}` after \
+         the writes",
+        confirmed_lsn(&client, &slot).await
+    );
     let rows = queue_rows(&db).await;
     assert_eq!(rows.len(), 3, "each change is stored: {rows:?}");
     assert!(
