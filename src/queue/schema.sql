@@ -39,10 +39,6 @@ CREATE INDEX IF NOT EXISTS deliveries_pending_by_subscription
     ON {schema}.deliveries (subscription, id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_pending_due
     ON {schema}.deliveries (next_attempt_at) WHERE status = 'pending';
--- Finds the older pending rows of a subscription that share a job id, which
--- hold a newer row back.
-CREATE INDEX IF NOT EXISTS deliveries_pending_by_job
-    ON {schema}.deliveries USING gin (job_ids) WHERE status = 'pending';
 
 -- Every HTTP attempt of a delivery, with a bounded prefix of the response body.
 CREATE TABLE IF NOT EXISTS {schema}.attempts (
