@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use walhook::config::{quote_ident, DeliveryConfig, Secret};
 use walhook::delivery::DeliveryWorkers;
 use walhook::payload::EventKind;
-use walhook::queue::{AttemptRecord, DeliveryQueue, NextStep, SCHEMA_SQL};
+use walhook::queue::{AttemptRecord, DeliveryQueue, EndpointRooms, NextStep, SCHEMA_SQL};
 use walhook::routing::{Owner, Subscription, SubscriptionKey, Subscriptions};
 
 const SCHEMA: &str = "walhook_test";
@@ -207,16 +207,27 @@ async fn create_queue(client: &Client) {
         .expect("create queue tables");
 }
 
+/// Inserts a pending delivery about job 1.
 async fn insert_delivery(client: &Client, webhook_id: &str, subscription: &str, url: &str) -> i64 {
+    insert_job_delivery(client, webhook_id, subscription, url, 1).await
+}
+
+async fn insert_job_delivery(
+    client: &Client,
+    webhook_id: &str,
+    subscription: &str,
+    url: &str,
+    job_id: i64,
+) -> i64 {
     let sql = format!(
         "INSERT INTO {}.deliveries \
-             (webhook_id, commit_lsn, event_index, subscription, url, event, body) \
-         VALUES ($1, '0/16B3748', 0, $2, $3, 'PING', $4) RETURNING id",
+             (webhook_id, commit_lsn, event_index, subscription, url, event, job_ids, body) \
+         VALUES ($1, '0/16B3748', 0, $2, $3, 'PING', ARRAY[$5::bigint], $4) RETURNING id",
         quote_ident(SCHEMA)
     );
     let body = format!(r#"{{"event":"PING","jobs":[{{"id":"{webhook_id}"}}]}}"#);
     let row = client
-        .query_one(&sql, &[&webhook_id, &subscription, &url, &body])
+        .query_one(&sql, &[&webhook_id, &subscription, &url, &body, &job_id])
         .await
         .expect("insert delivery");
     row.get(0)
@@ -604,4 +615,139 @@ async fn expired_lease_returns_row() {
     assert!(applied, "the current attempt updates the row");
     let (status, ..) = delivery_status(&client, first).await;
     assert_eq!(status, "delivered");
+}
+
+#[tokio::test]
+async fn claim_holds_only_same_job() {
+    let cluster = TestCluster::start();
+    let client = cluster.connect().await;
+    create_queue(&client).await;
+    let url = "http://127.0.0.1:9/";
+    let job_1 = insert_job_delivery(&client, "msg_job_1a", "sub_6", url, 1).await;
+    insert_job_delivery(&client, "msg_job_1b", "sub_6", url, 1).await;
+    let job_2 = insert_job_delivery(&client, "msg_job_2", "sub_6", url, 2).await;
+    let other_sub = insert_job_delivery(&client, "msg_other_sub", "sub_9", url, 1).await;
+    let queue = DeliveryQueue::new(SCHEMA);
+
+    let claimed = queue
+        .claim_due(&client, 10, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    let ids: Vec<i64> = claimed.iter().map(|delivery| delivery.id).collect();
+    assert_eq!(
+        ids,
+        vec![job_1, job_2, other_sub],
+        "the second row of job 1 waits; job 2 and the other subscription do not"
+    );
+    assert!(
+        claimed
+            .iter()
+            .all(|delivery| delivery.endpoint == "127.0.0.1:9"),
+        "endpoint is host:port: {claimed:?}"
+    );
+}
+
+#[tokio::test]
+async fn claim_respects_endpoint_room() {
+    let cluster = TestCluster::start();
+    let client = cluster.connect().await;
+    create_queue(&client).await;
+    let busy = "http://user:pw@Busy.example:8443/hook";
+    let idle = "http://idle.example/hook";
+    let mut busy_ids = Vec::new();
+    for job in 1..=4 {
+        busy_ids.push(
+            insert_job_delivery(&client, &format!("msg_busy_{job}"), "sub_1", busy, job).await,
+        );
+    }
+    let idle_id = insert_job_delivery(&client, "msg_idle", "sub_2", idle, 1).await;
+    let queue = DeliveryQueue::new(SCHEMA);
+    let rooms = EndpointRooms {
+        rooms: vec![("busy.example:8443".to_owned(), 1)],
+        default_room: 2,
+    };
+
+    let claimed = queue
+        .claim_due_within(&client, 10, Duration::from_secs(60), &rooms)
+        .await
+        .expect("claim");
+    let ids: Vec<i64> = claimed.iter().map(|delivery| delivery.id).collect();
+    assert_eq!(
+        ids,
+        vec![busy_ids[0], idle_id],
+        "one row of the busy endpoint"
+    );
+
+    let closed = EndpointRooms {
+        rooms: vec![("busy.example:8443".to_owned(), 0)],
+        default_room: 2,
+    };
+    let claimed = queue
+        .claim_due_within(&client, 10, Duration::from_secs(60), &closed)
+        .await
+        .expect("claim");
+    assert!(
+        claimed.is_empty(),
+        "an endpoint without room gets nothing: {claimed:?}"
+    );
+
+    let claimed = queue
+        .claim_due_within(
+            &client,
+            10,
+            Duration::from_secs(60),
+            &EndpointRooms {
+                rooms: Vec::new(),
+                default_room: 2,
+            },
+        )
+        .await
+        .expect("claim");
+    let ids: Vec<i64> = claimed.iter().map(|delivery| delivery.id).collect();
+    assert_eq!(ids, vec![busy_ids[1], busy_ids[2]], "default room of two");
+}
+
+#[tokio::test]
+async fn breaker_pauses_failing_endpoint() {
+    let cluster = TestCluster::start();
+    let client = cluster.connect().await;
+    create_queue(&client).await;
+    let receiver = Receiver::scripted(&[500; 100]);
+    let url = format!("http://{}/hook", receiver.serve().await);
+    let mut ids = Vec::new();
+    for job in 1..=10 {
+        ids.push(
+            insert_job_delivery(&client, &format!("msg_breaker_{job}"), "sub_8", &url, job).await,
+        );
+    }
+
+    let subs = Subscriptions::default();
+    subs.upsert(subscription(8, &url));
+    let config = DeliveryConfig {
+        per_endpoint_concurrency: 2,
+        ..loopback_config(vec![Duration::from_secs(1); 5])
+    };
+    let workers = RunningWorkers::start(&cluster, &config, subs).await;
+
+    // Five failures open the breaker; at most one more request was in flight.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during_pause = receiver.received().len();
+    assert!(
+        (5..=6).contains(&during_pause),
+        "the breaker stopped requests after five failures: {during_pause} sent"
+    );
+
+    // After the pause, one probe goes out; its success closes the breaker.
+    receiver.statuses.lock().expect("receiver lock").clear();
+    for id in &ids {
+        wait_for_status(&client, *id, "delivered", Duration::from_secs(20)).await;
+    }
+    workers.stop().await;
+    let first_probe = receiver.received()[during_pause].at;
+    let last_failure = receiver.received()[during_pause - 1].at;
+    assert!(
+        first_probe - last_failure >= Duration::from_secs(4),
+        "the endpoint was paused: {:?}",
+        first_probe - last_failure
+    );
 }

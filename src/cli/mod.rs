@@ -1,6 +1,7 @@
 //! The command line: `run`, `check`, `setup`, `skip`, `ping` and `demo`.
 
 mod check;
+mod deliveries;
 mod ping;
 mod setup;
 mod skip;
@@ -76,6 +77,12 @@ enum Command {
     /// Run the whole pipeline on a throwaway local PostgreSQL cluster and print
     /// each webhook that arrives.
     Demo,
+    /// Inspect queued deliveries and send them again.
+    #[command(subcommand)]
+    Deliveries(deliveries::DeliveriesCommand),
+    /// Manage subscriptions that receivers disabled.
+    #[command(subcommand)]
+    Subscriptions(deliveries::SubscriptionsCommand),
 }
 
 /// Parses the arguments and runs the command.
@@ -95,6 +102,8 @@ pub async fn main() -> ExitCode {
             lsn,
             reason,
         } => skip::run(&config, &lsn, &reason).await,
+        Command::Deliveries(command) => deliveries::run_deliveries(command).await,
+        Command::Subscriptions(command) => deliveries::run_subscriptions(command).await,
         Command::Demo => {
             crate::ops::logging::init("warn,walhook=info");
             return match crate::demo::run().await {

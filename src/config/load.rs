@@ -88,6 +88,12 @@ impl Config {
         if self.delivery.concurrency == 0 {
             return Err(invalid("delivery.concurrency", "must be at least 1"));
         }
+        if self.delivery.per_endpoint_concurrency == 0 {
+            return Err(invalid(
+                "delivery.per_endpoint_concurrency",
+                "must be at least 1",
+            ));
+        }
         if self.delivery.max_batch == 0 {
             return Err(invalid("delivery.max_batch", "must be at least 1"));
         }

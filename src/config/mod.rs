@@ -103,6 +103,10 @@ pub struct DeliveryConfig {
     /// Requests in flight, all endpoints together.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Requests in flight to one endpoint (the `host:port` of the URL as
+    /// written), so a slow receiver takes at most this many of `concurrency`.
+    #[serde(default = "default_per_endpoint_concurrency")]
+    pub per_endpoint_concurrency: usize,
     /// Items in one webhook's payload array.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
@@ -160,6 +164,7 @@ pub struct EndpointConfig {
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_CONCURRENCY: usize = 64;
+pub const DEFAULT_PER_ENDPOINT_CONCURRENCY: usize = 8;
 pub const DEFAULT_MAX_BATCH: usize = 100;
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -205,6 +210,10 @@ fn default_concurrency() -> usize {
     DEFAULT_CONCURRENCY
 }
 
+fn default_per_endpoint_concurrency() -> usize {
+    DEFAULT_PER_ENDPOINT_CONCURRENCY
+}
+
 fn default_max_batch() -> usize {
     DEFAULT_MAX_BATCH
 }
@@ -232,6 +241,7 @@ impl Default for DeliveryConfig {
             timeout: default_timeout(),
             retry_schedule: default_retry_schedule(),
             concurrency: default_concurrency(),
+            per_endpoint_concurrency: default_per_endpoint_concurrency(),
             max_batch: default_max_batch(),
             allow_private_targets: false,
             allowed_networks: Vec::new(),

@@ -4,9 +4,13 @@
 //! [`http`] sends one signed POST through a client whose resolver applies the
 //! SSRF policy of [`guard`]. [`signing`] computes Standard Webhooks
 //! signatures, and [`retry`] decides what a response means for the delivery.
+//! [`endpoints`] bounds the requests in flight per endpoint and keeps the
+//! [`breaker`] that pauses an endpoint whose attempts keep failing.
 //! Delivery is at least once: the `webhook-id` is the same on every attempt,
 //! so receivers deduplicate on it.
 
+pub mod breaker;
+pub mod endpoints;
 pub mod guard;
 pub mod http;
 pub mod retry;

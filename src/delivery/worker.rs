@@ -3,10 +3,13 @@
 //!
 //! A semaphore of `delivery.concurrency` permits bounds the requests in
 //! flight across all subscriptions. The loop claims only as many rows as there
-//! are free permits and keeps claiming while requests run, so a slow receiver
-//! holds only its own permits and its own subscription's queue. It wakes when
-//! the enqueue side signals a commit, when a send finishes (the next delivery
-//! of that subscription may now be claimable), or after [`POLL_INTERVAL`].
+//! are free permits, and per endpoint only the room that [`EndpointTable`]
+//! leaves: `delivery.per_endpoint_concurrency` minus the requests in flight,
+//! or none while the endpoint's circuit breaker is open. It keeps claiming
+//! while requests run, so a slow receiver holds only its own share of the
+//! permits and its own rows. It wakes when the enqueue side signals a commit,
+//! when a send finishes (the next delivery of that job may now be claimable),
+//! or after [`POLL_INTERVAL`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +22,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::endpoints::{EndpointOutcome, EndpointTable};
 use super::http::{AttemptReport, HttpError, WebhookRequest, WebhookSender};
 use super::retry::{classify, next_delay, AttemptResult, Decision};
 use super::signing::{parse_secrets, SigningKey};
@@ -53,6 +57,7 @@ struct Shared {
     sender: WebhookSender,
     subscriptions: Arc<Subscriptions>,
     retry_schedule: Vec<Duration>,
+    endpoints: Arc<EndpointTable>,
 }
 
 impl DeliveryWorkers {
@@ -75,6 +80,7 @@ impl DeliveryWorkers {
             sender: WebhookSender::new(config)?,
             subscriptions,
             retry_schedule: config.retry_schedule.clone(),
+            endpoints: Arc::new(EndpointTable::new(config.per_endpoint_concurrency)),
         };
         Ok(DeliveryWorkers {
             shared: Arc::new(shared),
@@ -132,18 +138,21 @@ impl DeliveryWorkers {
             return Ok(());
         }
 
+        let rooms = self.shared.endpoints.rooms(std::time::Instant::now());
         let claimed = self
             .shared
             .queue
-            .claim_due(&self.shared.client, free, self.lease)
+            .claim_due_within(&self.shared.client, free, self.lease, &rooms)
             .await?;
         for delivery in claimed {
             let permit = Arc::clone(permits)
                 .try_acquire_owned()
                 .expect("no more deliveries are claimed than there are free permits");
             let shared = Arc::clone(&self.shared);
+            let endpoint = shared.endpoints.start(&delivery.endpoint);
             in_flight.spawn(async move {
-                shared.deliver(delivery).await;
+                let outcome = shared.deliver(delivery).await;
+                endpoint.finish(outcome);
                 drop(permit);
             });
         }
@@ -152,15 +161,22 @@ impl DeliveryWorkers {
 }
 
 impl Shared {
-    /// Makes one attempt of a claimed delivery and records it.
-    async fn deliver(&self, delivery: ClaimedDelivery) {
+    /// Makes one attempt of a claimed delivery, records it, and returns what
+    /// it showed about the endpoint.
+    async fn deliver(&self, delivery: ClaimedDelivery) -> EndpointOutcome {
         let subscription = match self.find_subscription(&delivery.subscription) {
             Ok(subscription) => subscription,
-            Err(reason) => return self.fail_unsendable(&delivery, &reason).await,
+            Err(reason) => {
+                self.fail_unsendable(&delivery, &reason).await;
+                return EndpointOutcome::Unknown;
+            }
         };
         let keys = match signing_keys(&subscription) {
             Ok(keys) => keys,
-            Err(message) => return self.fail_unsigned(&delivery, message).await,
+            Err(message) => {
+                self.fail_unsigned(&delivery, message).await;
+                return EndpointOutcome::Unknown;
+            }
         };
 
         let request = WebhookRequest {
@@ -173,6 +189,7 @@ impl Shared {
         debug!(
             delivery_id = delivery.id,
             subscription = %delivery.subscription,
+            endpoint = %delivery.endpoint,
             attempt = delivery.attempt,
             result = ?report.result,
             duration_ms = report.duration.as_millis(),
@@ -182,6 +199,11 @@ impl Shared {
 
         let next = self.decide(&delivery, &report).await;
         self.record(&delivery, &report, next).await;
+        match classify(report.result) {
+            Decision::Delivered => EndpointOutcome::Succeeded,
+            Decision::Retry => EndpointOutcome::Failed,
+            Decision::Disable => EndpointOutcome::Unknown,
+        }
     }
 
     /// Returns the live subscription of a delivery, or why it cannot be sent.

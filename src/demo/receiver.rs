@@ -67,6 +67,8 @@ pub struct Reply {
     pub delay: Duration,
     /// Value of a `Retry-After` header.
     pub retry_after: Option<String>,
+    /// Further response headers, such as `Location`.
+    pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
@@ -78,6 +80,7 @@ impl Reply {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             delay: Duration::ZERO,
             retry_after: None,
+            headers: Vec::new(),
             body: String::new(),
         }
     }
@@ -91,6 +94,12 @@ impl Reply {
     /// Returns this reply with a `Retry-After` header.
     pub fn with_retry_after(mut self, value: &str) -> Reply {
         self.retry_after = Some(value.to_owned());
+        self
+    }
+
+    /// Returns this reply with one more response header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
 }
@@ -240,6 +249,14 @@ async fn handle_request(
         .and_then(|v| HeaderValue::from_str(&v).ok())
     {
         response.headers_mut().insert("retry-after", value);
+    }
+    for (name, value) in &reply.headers {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
     }
     response
 }

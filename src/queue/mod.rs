@@ -4,7 +4,7 @@ pub mod admin;
 mod claim;
 mod outbox;
 
-pub use claim::{AttemptRecord, ClaimedDelivery, DeliveryQueue, NextStep};
+pub use claim::{AttemptRecord, ClaimedDelivery, DeliveryQueue, EndpointRooms, NextStep};
 pub use outbox::{Outbox, OutboxError, Progress};
 
 use crate::config::quote_ident;

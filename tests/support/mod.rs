@@ -26,6 +26,8 @@ use tokio_postgres::{Client, NoTls};
 use walhook::demo::cluster::TempCluster;
 use walhook::demo::{config_for, free_loopback_addr, writes, SCHEMA_SQL};
 
+pub mod delivery;
+
 pub use walhook::demo::receiver::{generate_secret, ReceivedRequest, Receiver, Reply};
 
 /// Path of the `walhook` binary that Cargo built for these tests.
