@@ -1,7 +1,7 @@
 //! Webhook receiver and load generator for `bench/run.sh`.
 //!
 //! `bench-receiver serve PORT_FILE` listens on 127.0.0.1 at a free port, writes
-//! the port to PORT_FILE, and answers every POST with 200 at once over
+//! the port to PORT_FILE, and responds to every POST with 200 at once over
 //! keep-alive. It counts the requests and, for each STAGE_CHANGED item,
 //! records the delay from `newStageTimestamp` to receipt on its own clock.
 //! `GET /stats` returns the counts as JSON and `POST /reset` clears them.
