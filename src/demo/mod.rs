@@ -55,9 +55,6 @@ enum Outcome {
 
 /// Runs the demo with the current executable as the `walhook` binary.
 ///
-/// NOTE: the successful end, with every webhook from a real `walhook run`,
-/// has only run against webhooks posted by the unit tests.
-///
 /// SIGINT or SIGTERM at any stage stops the demo; dropping its future stops
 /// the daemon and removes the cluster.
 pub async fn run() -> anyhow::Result<ExitCode> {
