@@ -168,20 +168,7 @@ impl Daemon {
 
     /// Runs `walhook setup` on the config, then starts the daemon.
     pub fn setup_and_start(config: &str) -> Daemon {
-        let mut daemon = Daemon::with_config(config);
-        let output = walhook(&[
-            "setup",
-            "--config",
-            &daemon.config_path().display().to_string(),
-        ]);
-        assert!(
-            output.status.success(),
-            "`walhook setup` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        daemon.spawn();
-        daemon
+        Daemon::setup_and_start_with_env(config, &[])
     }
 
     /// Runs `walhook setup`, then starts the daemon with `env` added to its
