@@ -69,6 +69,8 @@ pub enum PipelineError {
     StreamEnded,
     #[error("replication task panicked: {0}")]
     Panicked(String),
+    #[error(transparent)]
+    Injected(#[from] crate::ops::failpoint::InjectedError),
 }
 
 impl PipelineError {
