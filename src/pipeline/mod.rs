@@ -206,7 +206,10 @@ async fn replicate(context: Arc<StreamContext>) -> Result<(), PipelineError> {
             delay = FIRST_RETRY_DELAY;
         }
         tracing::error!(error = %err, retry_in = ?delay, "replication session failed, reconnecting");
-        crate::ops::replication_failed(&err);
+        match &err {
+            PipelineError::Rule { lsn, .. } => crate::ops::replication_blocked(*lsn, &err),
+            _ => crate::ops::replication_failed(&err),
+        }
         let jittered = delay.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2));
         stream::pause(&context.shutdown, jittered).await;
         delay = (delay * 2).min(MAX_RETRY_DELAY);
