@@ -70,7 +70,8 @@ pub enum PipelineError {
         slot: String,
         /// The slot's confirmed position, where the gap starts.
         confirmed: Lsn,
-        /// The server's current WAL position, where a re-created slot starts.
+        /// The server's current WAL position, close to where a re-created
+        /// slot would start.
         current: Lsn,
     },
     #[error("the server ended the replication stream")]
@@ -119,8 +120,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let replicated = replicate(Arc::new(context)).await;
     if replicated.is_err() {
-        // The delivery workers stop with the pipeline; what they have not
-        // sent stays pending in the queue.
+        // The delivery workers stop with the pipeline, and what they have
+        // not sent stays pending in the queue.
         shutdown.cancel();
     }
 
@@ -146,7 +147,7 @@ async fn deliver(
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), retry_in = ?delay, "delivery workers failed, restarting");
                 stream::pause(&shutdown, delay).await;
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
+                delay = next_retry_delay(delay);
             }
         }
     }
@@ -212,9 +213,15 @@ async fn replicate(context: Arc<StreamContext>) -> Result<(), PipelineError> {
         }
         let jittered = delay.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2));
         stream::pause(&context.shutdown, jittered).await;
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        delay = next_retry_delay(delay);
     }
     Ok(())
+}
+
+/// Returns the delay after `delay` in the reconnection backoff: twice as
+/// long, up to [`MAX_RETRY_DELAY`].
+fn next_retry_delay(delay: Duration) -> Duration {
+    (delay * 2).min(MAX_RETRY_DELAY)
 }
 
 /// Reloads the subscriptions table while another process streams from the slot, so
@@ -253,4 +260,20 @@ pub async fn connect_source(config: &Config) -> Result<tokio_postgres::Client, P
     crate::db::connect(&config.source_postgres()?, "application")
         .await
         .map_err(PipelineError::Source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_up_to_cap() {
+        let mut delays = vec![FIRST_RETRY_DELAY];
+        for _ in 0..7 {
+            let last = *delays.last().expect("delays start with one entry");
+            delays.push(next_retry_delay(last));
+        }
+        let seconds: Vec<u64> = delays.iter().map(Duration::as_secs).collect();
+        assert_eq!(seconds, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
 }
