@@ -19,6 +19,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use walhook::demo::cluster::{ClusterOptions, TempCluster, APP_DATABASE};
 use walhook::demo::{config_for, free_loopback_addr, writes, SCHEMA_SQL};
+use walhook::replication::Lsn;
 
 const WAIT: Duration = Duration::from_secs(40);
 const COMPANY: i64 = 101;
@@ -887,6 +888,18 @@ async fn injected_failures_restart_session() {
     );
     let starts = session_starts(&log);
     assert_eq!(starts.len(), 3, "one session, restarted twice: {starts:?}");
+    let start_lsns: Vec<Lsn> = starts
+        .iter()
+        .map(|text| text.parse().expect("the log prints valid LSNs"))
+        .collect();
+    assert!(
+        start_lsns.windows(2).all(|pair| pair[0] <= pair[1]),
+        "each session starts at or after the previous one's start: {starts:?}"
+    );
+    assert!(
+        start_lsns[0] > Lsn::ZERO,
+        "the first session starts at the slot's confirmed position, not at 0/0: {starts:?}"
+    );
     let restart = log
         .rfind("replication started")
         .expect("the last session started");
