@@ -1020,6 +1020,8 @@ async fn dropped_column_reported_by_readyz() {
     );
 
     // Every poll while the session retries the broken change reports it.
+    // Each reconnection streams for a few milliseconds before the change
+    // fails again, so polls come every 5 ms to land in such a window.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
     let mut polls = 0;
     while tokio::time::Instant::now() < deadline {
