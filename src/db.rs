@@ -59,7 +59,7 @@ where
 {
     tokio::spawn(async move {
         if let Err(err) = connection.await {
-            tracing::warn!(error = %err, database = role, "database connection closed");
+            tracing::warn!(error = %describe(&err), database = role, "database connection closed");
         }
     });
 }

@@ -1,19 +1,25 @@
 //! Faults on purpose: schema changes while streaming, TRUNCATE, a large
 //! transaction, WAL retention while idle, a standby instance, PostgreSQL
-//! restarts, the queue database going away, a slow walsender timeout and a
-//! crash loop. In every case no change is lost and nothing is confirmed that
-//! is not stored.
+//! restarts and outages, the queue database going away, a slow walsender
+//! timeout, a crash loop, panics and errors injected into the pipeline, and
+//! an invalidated slot. In every case no change is lost and nothing is
+//! confirmed that is not stored, except the changes of an invalidated slot,
+//! which PostgreSQL removed and walhook reports.
 
 mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use support::{expect_delivery, generate_secret, walhook, Daemon, Receiver, Reply, TestDb};
+use support::{
+    expect_delivery, generate_secret, get_readyz, listen_addr, wait_for_readyz, walhook, Daemon,
+    Receiver, Reply, TestDb,
+};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
-use walhook::demo::cluster::{TempCluster, APP_DATABASE};
+use walhook::demo::cluster::{ClusterOptions, TempCluster, APP_DATABASE};
 use walhook::demo::{config_for, free_loopback_addr, writes, SCHEMA_SQL};
+use walhook::replication::Lsn;
 
 const WAIT: Duration = Duration::from_secs(40);
 const COMPANY: i64 = 101;
@@ -325,7 +331,12 @@ async fn standby_takes_over_slot() {
 
 /// Starts a private cluster with the example schema in `app`, for tests that stop it.
 async fn private_cluster() -> TempCluster {
-    let cluster = tokio::task::spawn_blocking(TempCluster::start)
+    private_cluster_with(ClusterOptions::default()).await
+}
+
+/// Starts a private cluster like [`private_cluster`], with the settings of `options`.
+async fn private_cluster_with(options: ClusterOptions) -> TempCluster {
+    let cluster = tokio::task::spawn_blocking(move || TempCluster::start_with(options))
         .await
         .expect("cluster task")
         .expect("cluster starts");
@@ -633,5 +644,423 @@ async fn missing_slot_is_created_at_start() {
         new_stage_within(&receiver, "stage after the slot was created").await,
         2
     );
+    daemon.terminate();
+}
+
+/// Runs `f` on the cluster in a blocking task and returns the cluster;
+/// `step` names `f` in the panic message when it fails.
+async fn with_cluster(
+    mut cluster: TempCluster,
+    step: &'static str,
+    f: impl FnOnce(&mut TempCluster) -> anyhow::Result<()> + Send + 'static,
+) -> TempCluster {
+    tokio::task::spawn_blocking(move || {
+        if let Err(err) = f(&mut cluster) {
+            panic!("{step} failed: {err:#}");
+        }
+        cluster
+    })
+    .await
+    .expect("cluster task")
+}
+
+/// Returns the `wal_status` and `confirmed_flush_lsn` of slot `walhook`.
+async fn slot_state(client: &Client) -> (Option<String>, Option<String>) {
+    let row = client
+        .query_one(
+            "SELECT wal_status, confirmed_flush_lsn::text
+             FROM pg_replication_slots WHERE slot_name = 'walhook'",
+            &[],
+        )
+        .await
+        .expect("slot `walhook` exists");
+    (row.get(0), row.get(1))
+}
+
+/// Waits until the daemon exits, panicking after [`WAIT`].
+async fn wait_for_exit(daemon: &mut Daemon) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = daemon.try_exit_status() {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the daemon still runs after {WAIT:?}:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn invalidated_slot_stops_or_recreates() {
+    // The slot may hold back 1 MB of WAL, so two segment switches and a
+    // checkpoint invalidate it.
+    let options = ClusterOptions {
+        extra_conf: "max_slot_wal_keep_size = 1MB\nmax_wal_size = 32MB\nmin_wal_size = 32MB\n"
+            .to_owned(),
+        ..ClusterOptions::default()
+    };
+    let cluster = private_cluster_with(options).await;
+    let secret = generate_secret();
+    let receiver = Receiver::start(&secret).await.expect("receiver starts");
+    let client = support::connect(&cluster.superuser_url(APP_DATABASE)).await;
+    subscribe(&client, &receiver, &secret).await;
+    let config = private_config(&cluster);
+    let mut daemon = Daemon::setup_and_start(&config);
+    client
+        .execute("UPDATE jobs SET stage_id = 2 WHERE id = 7001", &[])
+        .await
+        .expect("write");
+    expect_stage(&receiver, 2, "stage before the slot was invalidated").await;
+    daemon.terminate();
+
+    // With the daemon stopped, a change and more WAL than the slot may keep.
+    client
+        .batch_execute(
+            "UPDATE jobs SET stage_id = 3 WHERE id = 7001;
+             CREATE TABLE wal_filler (id bigserial PRIMARY KEY, payload text);",
+        )
+        .await
+        .expect("write in the gap");
+    let mut status = None;
+    for _ in 0..10 {
+        client
+            .batch_execute(
+                "INSERT INTO wal_filler (payload) VALUES ('x');
+                 SELECT pg_switch_wal();
+                 INSERT INTO wal_filler (payload) VALUES ('x');
+                 SELECT pg_switch_wal();
+                 CHECKPOINT;",
+            )
+            .await
+            .expect("WAL switch and checkpoint");
+        status = slot_state(&client).await.0;
+        if status.as_deref() == Some("lost") {
+            break;
+        }
+    }
+    assert_eq!(status.as_deref(), Some("lost"), "the slot was invalidated");
+    let (_, confirmed) = slot_state(&client).await;
+    let confirmed = confirmed.expect("an invalidated slot keeps confirmed_flush_lsn");
+
+    // Without permission to re-create the slot, the daemon exits with an
+    // error that names the slot and the gap.
+    daemon.restart();
+    let exit = wait_for_exit(&mut daemon).await;
+    let log = daemon.log();
+    let error = log.lines().last().unwrap_or_default();
+    println!("invalidated slot: the daemon exited ({exit}) with `{error}`");
+    assert!(!exit.success(), "the daemon fails: {exit}\n{log}");
+    assert!(
+        log.contains("replication slot `walhook` was invalidated"),
+        "the error names the slot:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("the changes from `{confirmed}` to `")),
+        "the error names the lost range from {confirmed}:\n{log}"
+    );
+    assert!(
+        log.contains("recreate_invalidated_slot = true"),
+        "the error names the setting that continues:\n{log}"
+    );
+    assert_eq!(
+        slot_state(&client).await.0.as_deref(),
+        Some("lost"),
+        "the slot was not re-created"
+    );
+
+    // With permission, the daemon logs the gap, re-creates the slot and
+    // delivers what is committed after it.
+    let config = format!("{config}\n[replication]\nrecreate_invalidated_slot = true\n");
+    let mut daemon = Daemon::start(&config);
+    let log = wait_for_log(
+        &daemon,
+        "replication slot was invalidated and is re-created",
+    )
+    .await;
+    assert!(
+        log.contains(&format!("gap_start={confirmed}")),
+        "the log names where the gap starts:\n{log}"
+    );
+    assert!(log.contains("gap_end="), "the log names where the gap ends");
+    wait_for_log(&daemon, "replication started").await;
+    let (status, _) = slot_state(&client).await;
+    assert_ne!(status.as_deref(), Some("lost"), "the new slot is usable");
+    client
+        .execute("UPDATE jobs SET stage_id = 4 WHERE id = 7001", &[])
+        .await
+        .expect("write");
+    let request = expect_delivery(&receiver, WAIT, "the stage change after the gap").await;
+    let body = request.json().expect("JSON body");
+    assert_eq!(body["payload"]["jobs"][0]["newStage"], 4);
+    assert_eq!(
+        body["payload"]["jobs"][0]["previousStage"], 3,
+        "the change in the gap is in the old row, but was not delivered"
+    );
+    daemon.terminate();
+}
+
+/// Returns the `lsn` field of every "replication started" line of `log`.
+fn session_starts(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("replication started"))
+        .filter_map(|line| line.split(" lsn=").nth(1))
+        .map(|rest| {
+            rest.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn injected_failures_restart_session() {
+    const TRANSACTIONS: usize = 30;
+    let (db, receiver) = prepared_db().await;
+    let config = db.config().replace(
+        "filter = \"info\"",
+        "filter = \"info,walhook::pipeline::processor=debug\"",
+    );
+    // A panic while routing the 3rd committed transaction, and an error
+    // while decoding the 40th XLogData message, each once.
+    let mut daemon = Daemon::setup_and_start_with_env(
+        &config,
+        &[(
+            "WALHOOK_FAILPOINT",
+            "route-transaction=panic@3,decode-message=error@40",
+        )],
+    );
+    wait_for_log(&daemon, "replication started").await;
+
+    let client = db.connect().await;
+    let expected: HashSet<String> = write_mixed(&client, TRANSACTIONS)
+        .await
+        .into_iter()
+        .collect();
+    let mut ids_by_key: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut received = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ids_by_key.len() < expected.len() && tokio::time::Instant::now() < deadline {
+        let Some(request) = receiver.next_delivery(Duration::from_secs(1)).await else {
+            continue;
+        };
+        received += 1;
+        let key = webhook_key(&request.json().expect("JSON body"));
+        let id = request.header("webhook-id").expect("webhook-id").to_owned();
+        ids_by_key.entry(key).or_default().insert(id);
+    }
+    let arrived: HashSet<String> = ids_by_key.keys().cloned().collect();
+    let lost: Vec<&String> = expected.difference(&arrived).collect();
+    let extra: Vec<&String> = arrived.difference(&expected).collect();
+    println!(
+        "injected failures: {} webhooks expected, {received} received",
+        expected.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "every expected webhook arrived: {lost:?} lost"
+    );
+    assert!(extra.is_empty(), "no unexpected webhooks: {extra:?}");
+    for (key, ids) in &ids_by_key {
+        assert_eq!(ids.len(), 1, "{key} has one webhook-id: {ids:?}");
+    }
+    assert_eq!(
+        stored_deliveries(&client).await,
+        TRANSACTIONS as i64,
+        "each webhook is stored once"
+    );
+
+    let log = daemon.log();
+    assert!(
+        log.contains("replication task panicked"),
+        "the panic is logged:\n{log}"
+    );
+    assert!(
+        log.contains("failpoint `route-transaction` panicked on hit 3"),
+        "the log names the panic's failpoint:\n{log}"
+    );
+    assert!(
+        log.contains("failpoint `decode-message` injected an error"),
+        "the injected error is logged:\n{log}"
+    );
+    let starts = session_starts(&log);
+    assert_eq!(starts.len(), 3, "one session, restarted twice: {starts:?}");
+    let start_lsns: Vec<Lsn> = starts
+        .iter()
+        .map(|text| text.parse().expect("the log prints valid LSNs"))
+        .collect();
+    assert!(
+        start_lsns.windows(2).all(|pair| pair[0] <= pair[1]),
+        "each session starts at or after the previous one's start: {starts:?}"
+    );
+    assert!(
+        start_lsns[0] > Lsn::ZERO,
+        "the first session starts at the slot's confirmed position, not at 0/0: {starts:?}"
+    );
+    let restart = log
+        .rfind("replication started")
+        .expect("the last session started");
+    assert!(
+        log[restart..].contains("relation received"),
+        "the last session reads Relation messages into a fresh cache:\n{log}"
+    );
+    daemon.terminate();
+}
+
+/// Returns the `retry_in` field of every "replication session failed" line of `log`.
+fn reconnect_delays(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("replication session failed, reconnecting"))
+        .filter_map(|line| line.split(" retry_in=").nth(1))
+        .map(|rest| {
+            rest.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn readyz_follows_postgres_outage() {
+    const OUTAGE: Duration = Duration::from_secs(5);
+    let mut cluster = private_cluster().await;
+    let secret = generate_secret();
+    let receiver = Receiver::start(&secret).await.expect("receiver starts");
+    subscribe(
+        &support::connect(&cluster.superuser_url(APP_DATABASE)).await,
+        &receiver,
+        &secret,
+    )
+    .await;
+    let config = private_config(&cluster);
+    let listen = listen_addr(&config);
+    let mut daemon = Daemon::setup_and_start(&config);
+    wait_for_readyz(listen, 200, WAIT).await;
+
+    // A fast shutdown: not ready while PostgreSQL is down, with one log
+    // line per reconnection attempt and doubling delays.
+    let logged_before = daemon.log().len();
+    cluster = with_cluster(cluster, "fast shutdown", TempCluster::stop).await;
+    let reason = wait_for_readyz(listen, 503, WAIT).await;
+    assert!(
+        reason.starts_with("not ready: replication session failed: "),
+        "/readyz names the reason: {reason}"
+    );
+    tokio::time::sleep(OUTAGE).await;
+    let log = daemon.log();
+    let outage_log = &log[logged_before..];
+    let delays = reconnect_delays(outage_log);
+    println!("{OUTAGE:?} outage, reconnection delays {delays:?}:\n{outage_log}");
+    assert!(
+        (2..=5).contains(&delays.len()),
+        "one log line per attempt in {OUTAGE:?}: {delays:?}\n{outage_log}"
+    );
+    let doubling = ["1s", "2s", "4s", "8s", "16s"];
+    assert_eq!(
+        delays,
+        doubling[..delays.len()],
+        "the delay starts at 1s and doubles"
+    );
+    assert!(
+        outage_log.contains("terminating connection due to administrator command"),
+        "the log names why the server closed the connections:\n{outage_log}"
+    );
+    let lines = outage_log.lines().count();
+    assert!(
+        lines <= 20,
+        "{lines} log lines in {OUTAGE:?} is a flood:\n{outage_log}"
+    );
+    let (status, reason) = get_readyz(listen).await.expect("/readyz answers");
+    assert_eq!(status, 503, "still not ready while down: {reason}");
+
+    cluster = with_cluster(cluster, "start", TempCluster::restart).await;
+    wait_for_readyz(listen, 200, WAIT).await;
+    cluster
+        .execute(APP_DATABASE, "UPDATE jobs SET stage_id = 2 WHERE id = 7001")
+        .expect("write");
+    expect_stage(&receiver, 2, "stage after a fast shutdown").await;
+
+    // An immediate shutdown, which PostgreSQL recovers from as from a crash.
+    cluster = with_cluster(cluster, "immediate shutdown", TempCluster::stop_immediate).await;
+    let reason = wait_for_readyz(listen, 503, WAIT).await;
+    assert!(
+        reason.starts_with("not ready: replication session failed: "),
+        "/readyz names the reason: {reason}"
+    );
+    cluster = with_cluster(cluster, "start after crash", TempCluster::restart).await;
+    wait_for_readyz(listen, 200, WAIT).await;
+    cluster
+        .execute(APP_DATABASE, "UPDATE jobs SET stage_id = 3 WHERE id = 7001")
+        .expect("write");
+    expect_stage(&receiver, 3, "stage after an immediate shutdown").await;
+    daemon.terminate();
+    drop(cluster);
+}
+
+#[tokio::test]
+async fn dropped_column_reported_by_readyz() {
+    let (db, receiver) = prepared_db().await;
+    let config = db.config();
+    let listen = listen_addr(&config);
+    let mut daemon = Daemon::setup_and_start(&config);
+    wait_for_readyz(listen, 200, WAIT).await;
+
+    db.execute(
+        "ALTER TABLE jobs DROP COLUMN stage_changed_at; UPDATE jobs SET stage_id = 2 WHERE id = 7001",
+    )
+    .await;
+    let log = wait_for_log(&daemon, "walhook skip --lsn").await;
+    assert!(
+        log.contains("`stage_changed_at`"),
+        "the error names the dropped column:\n{log}"
+    );
+
+    // Every poll while the session retries the broken change reports it.
+    // Each reconnection streams for a few milliseconds before the change
+    // fails again, so polls come every 5 ms to land in such a window.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut polls = 0;
+    while tokio::time::Instant::now() < deadline {
+        let (status, reason) = get_readyz(listen).await.expect("/readyz answers");
+        assert_eq!(status, 503, "not ready after {polls} polls: {reason}");
+        assert!(
+            reason.contains("`stage_changed_at`"),
+            "/readyz names the column: {reason}"
+        );
+        assert!(
+            reason.contains("walhook skip --lsn"),
+            "/readyz names the fix: {reason}"
+        );
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The operator skips the change and adds the column back.
+    let lsn = log
+        .split("walhook skip --lsn ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| c == '`' || c.is_whitespace()).next())
+        .expect("the log names the LSN to skip")
+        .to_owned();
+    let config_path = daemon.config_path().display().to_string();
+    let output = walhook(&["skip", "--config", &config_path, "--lsn", &lsn]);
+    assert!(
+        output.status.success(),
+        "walhook skip: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    db.execute(
+        "ALTER TABLE jobs ADD COLUMN stage_changed_at timestamptz NOT NULL DEFAULT now();
+         UPDATE jobs SET stage_id = 3 WHERE id = 7001",
+    )
+    .await;
+    wait_for_readyz(listen, 200, WAIT).await;
+    let request = expect_delivery(&receiver, WAIT, "the stage change after the skip").await;
+    let body = request.json().expect("JSON body");
+    assert_eq!(body["payload"]["jobs"][0]["newStage"], 3);
     daemon.terminate();
 }

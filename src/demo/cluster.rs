@@ -233,6 +233,12 @@ impl TempCluster {
         self.pg_ctl_stop("fast")
     }
 
+    /// Stops the server in `immediate` mode: every process exits at once
+    /// without a checkpoint, and the next start runs crash recovery.
+    pub fn stop_immediate(&mut self) -> anyhow::Result<()> {
+        self.pg_ctl_stop("immediate")
+    }
+
     /// Sends SIGKILL to the postmaster, like a crash, and waits until it is gone.
     ///
     /// The next [`TempCluster::restart`] runs crash recovery.

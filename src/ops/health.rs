@@ -1,14 +1,17 @@
 //! Process health as `/readyz` and the systemd watchdog see it: whether a
-//! replication session streams, why not, and when the pipeline last made
-//! progress.
+//! replication session streams, whether it is stuck on a transaction it
+//! failed to process, why not ready, and when the pipeline last made progress.
 //!
 //! The state is process-wide, so the pipeline reports it with one-line calls
-//! ([`super::replication_started`], [`super::replication_failed`]) and the
-//! metric hooks of [`super::metrics`] mark progress.
+//! ([`super::replication_started`], [`super::replication_failed`],
+//! [`super::replication_blocked`]) and the metric hooks of [`super::metrics`]
+//! mark progress and the confirmed position.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::replication::Lsn;
 
 struct Health {
     /// Reference point of `last_progress_ms`.
@@ -18,6 +21,10 @@ struct Health {
     stopping: AtomicBool,
     /// Reason the pipeline is not streaming, empty while it streams.
     reason: Mutex<String>,
+    /// Commit LSN of a transaction that the pipeline failed to process, and
+    /// the failure. It outlives reconnections, because each new session
+    /// streams until it reaches that transaction again.
+    blocked: Mutex<Option<(Lsn, String)>>,
 }
 
 static HEALTH: LazyLock<Health> = LazyLock::new(|| Health {
@@ -26,6 +33,7 @@ static HEALTH: LazyLock<Health> = LazyLock::new(|| Health {
     streaming: AtomicBool::new(false),
     stopping: AtomicBool::new(false),
     reason: Mutex::new("replication has not started yet".to_owned()),
+    blocked: Mutex::new(None),
 });
 
 /// Records that the pipeline made progress: it handled a message, sent a
@@ -63,14 +71,35 @@ pub fn is_stopping() -> bool {
     HEALTH.stopping.load(Ordering::Relaxed)
 }
 
-/// Returns `Ok` while a session streams, or why none does.
-pub fn streaming() -> Result<(), String> {
-    if HEALTH.streaming.load(Ordering::Relaxed) {
-        return Ok(());
+/// Records that the pipeline failed on the transaction that commits at
+/// `commit_lsn`, so it is not ready until [`confirmed`] passes that LSN.
+pub fn set_blocked(commit_lsn: Lsn, reason: &str) {
+    *lock(&HEALTH.blocked) = Some((commit_lsn, reason.to_owned()));
+}
+
+/// Records that every change below `lsn` is stored or needs nothing, which
+/// ends a blocked state of an earlier transaction.
+pub fn confirmed(lsn: Lsn) {
+    let mut blocked = lock(&HEALTH.blocked);
+    if blocked.as_ref().is_some_and(|(at, _)| lsn > *at) {
+        *blocked = None;
     }
-    let reason = HEALTH
-        .reason
+}
+
+/// Returns `Ok` while a session streams past every failed transaction, or
+/// why it does not.
+pub fn streaming() -> Result<(), String> {
+    if !HEALTH.streaming.load(Ordering::Relaxed) {
+        return Err(lock(&HEALTH.reason).clone());
+    }
+    match &*lock(&HEALTH.blocked) {
+        Some((_, reason)) => Err(reason.clone()),
+        None => Ok(()),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    Err(reason.clone())
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

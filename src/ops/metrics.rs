@@ -179,6 +179,7 @@ pub fn status_sent(received: Lsn, flushed: Lsn) {
     metrics
         .lag_bytes
         .set(i64::try_from(lag_bytes).unwrap_or(i64::MAX));
+    health::confirmed(flushed);
     health::mark_progress();
 }
 

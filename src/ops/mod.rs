@@ -109,6 +109,16 @@ pub fn replication_failed(err: &dyn std::fmt::Display) {
     metrics::session_failed();
 }
 
+/// Records that a replication session failed on a change of the transaction
+/// that commits at `commit_lsn`. `/readyz` returns 503 with the error through
+/// the reconnections that follow, until the confirmed position passes that
+/// transaction because it was fixed or skipped.
+pub fn replication_blocked(commit_lsn: Lsn, err: &dyn std::fmt::Display) {
+    let reason = format!("replication stopped at a change it cannot process: {err}");
+    health::set_blocked(commit_lsn, &reason);
+    replication_failed(err);
+}
+
 /// Records that this process waits for the replication slot, which another
 /// process streams from: `/readyz` returns 503 with `reason`, and the
 /// watchdog stays fed because waiting is progress.

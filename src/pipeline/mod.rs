@@ -3,7 +3,9 @@
 //!
 //! A failed session (lost connection, a change that cannot be processed)
 //! restarts the whole stream from the stored position with a fresh relation
-//! cache, after a capped exponential backoff.
+//! cache, after a capped exponential backoff. A slot that cannot be streamed
+//! from (invalidated, or made for another plugin) stops the daemon with that
+//! error instead, because only the operator can fix it.
 
 mod processor;
 mod slot;
@@ -63,18 +65,36 @@ pub enum PipelineError {
     Source(tokio_postgres::Error),
     #[error("replication slot `{slot}` uses plugin `{plugin}`, not `pgoutput`: drop it or set source.slot to another name")]
     SlotPlugin { slot: String, plugin: String },
-    #[error("replication slot `{slot}` was invalidated (wal_status = lost), so changes after `{lsn}` were removed before walhook read them: raise max_slot_wal_keep_size, set replication.recreate_invalidated_slot = true to continue from now, and redeliver the gap from the application")]
-    SlotInvalidated { slot: String, lsn: Lsn },
+    #[error("replication slot `{slot}` was invalidated (wal_status = lost): the changes from `{confirmed}` to `{current}` were removed before walhook read them; raise max_slot_wal_keep_size, set replication.recreate_invalidated_slot = true to continue from the current WAL position, and redeliver the gap from the application")]
+    SlotInvalidated {
+        slot: String,
+        /// The slot's confirmed position, where the gap starts.
+        confirmed: Lsn,
+        /// The server's current WAL position, close to where a re-created
+        /// slot would start.
+        current: Lsn,
+    },
     #[error("the server ended the replication stream")]
     StreamEnded,
     #[error("replication task panicked: {0}")]
     Panicked(String),
+    #[error(transparent)]
+    Injected(#[from] crate::ops::failpoint::InjectedError),
 }
 
 impl PipelineError {
     /// Tells whether another process streams from the slot (SQLSTATE 55006).
     pub fn is_slot_in_use(&self) -> bool {
         matches!(self, PipelineError::Replication(err) if err.is_slot_in_use())
+    }
+
+    /// Tells whether reconnecting cannot help, because the slot itself must
+    /// be fixed by the operator.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::SlotInvalidated { .. } | PipelineError::SlotPlugin { .. }
+        )
     }
 }
 
@@ -98,11 +118,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         deliveries_stored,
         shutdown: shutdown.clone(),
     };
-    replicate(Arc::new(context)).await;
+    let replicated = replicate(Arc::new(context)).await;
+    if replicated.is_err() {
+        // The delivery workers stop with the pipeline, and what they have
+        // not sent stays pending in the queue.
+        shutdown.cancel();
+    }
 
     delivery
         .await
-        .map_err(|err| anyhow::anyhow!("delivery task failed: {err}"))
+        .map_err(|err| anyhow::anyhow!("delivery task failed: {err}"))?;
+    replicated?;
+    Ok(())
 }
 
 /// Runs the delivery workers, restarting them on a new queue connection when
@@ -120,7 +147,7 @@ async fn deliver(
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), retry_in = ?delay, "delivery workers failed, restarting");
                 stream::pause(&shutdown, delay).await;
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
+                delay = next_retry_delay(delay);
             }
         }
     }
@@ -146,17 +173,24 @@ async fn run_workers(
 /// Streams, reconnecting after each failure, until shutdown. Each session
 /// runs in a task of its own, so a panic in it ends only that session, and
 /// the next one starts from the stored position with a fresh relation cache.
-async fn replicate(context: Arc<StreamContext>) {
+/// Returns the error of a session that reconnecting cannot fix.
+async fn replicate(context: Arc<StreamContext>) -> Result<(), PipelineError> {
     let mut delay = FIRST_RETRY_DELAY;
     let mut waiting_for_slot = false;
     while !context.shutdown.is_cancelled() {
         let started = tokio::time::Instant::now();
         let session = tokio::spawn(stream::stream_once(Arc::clone(&context)));
         let err = match session.await {
-            Ok(Ok(())) => return,
+            Ok(Ok(())) => return Ok(()),
             Ok(Err(err)) => err,
             Err(join_error) => PipelineError::Panicked(join_error.to_string()),
         };
+
+        if err.is_fatal() {
+            tracing::error!(error = %err, slot = %context.config.source.slot, "replication cannot continue, stopping");
+            crate::ops::replication_failed(&err);
+            return Err(err);
+        }
 
         if err.is_slot_in_use() {
             if !waiting_for_slot {
@@ -173,11 +207,21 @@ async fn replicate(context: Arc<StreamContext>) {
             delay = FIRST_RETRY_DELAY;
         }
         tracing::error!(error = %err, retry_in = ?delay, "replication session failed, reconnecting");
-        crate::ops::replication_failed(&err);
+        match &err {
+            PipelineError::Rule { lsn, .. } => crate::ops::replication_blocked(*lsn, &err),
+            _ => crate::ops::replication_failed(&err),
+        }
         let jittered = delay.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2));
         stream::pause(&context.shutdown, jittered).await;
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        delay = next_retry_delay(delay);
     }
+    Ok(())
+}
+
+/// Returns the delay after `delay` in the reconnection backoff: twice as
+/// long, up to [`MAX_RETRY_DELAY`].
+fn next_retry_delay(delay: Duration) -> Duration {
+    (delay * 2).min(MAX_RETRY_DELAY)
 }
 
 /// Reloads the subscriptions table while another process streams from the slot, so
@@ -216,4 +260,20 @@ pub async fn connect_source(config: &Config) -> Result<tokio_postgres::Client, P
     crate::db::connect(&config.source_postgres()?, "application")
         .await
         .map_err(PipelineError::Source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_up_to_cap() {
+        let mut delays = vec![FIRST_RETRY_DELAY];
+        for _ in 0..7 {
+            let last = *delays.last().expect("delays start with one entry");
+            delays.push(next_retry_delay(last));
+        }
+        let seconds: Vec<u64> = delays.iter().map(Duration::as_secs).collect();
+        assert_eq!(seconds, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
 }

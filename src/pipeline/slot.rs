@@ -44,7 +44,8 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<Lsn, PipelineEr
     if !config.replication.recreate_invalidated_slot {
         return Err(PipelineError::SlotInvalidated {
             slot: slot.clone(),
-            lsn: confirmed,
+            confirmed,
+            current: current_wal_lsn(client).await?,
         });
     }
     drop_slot(client, slot).await?;
@@ -64,6 +65,14 @@ async fn create(client: &Client, slot: &str) -> Result<Lsn, PipelineError> {
             "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
             &[&slot],
         )
+        .await
+        .map_err(PipelineError::Source)?;
+    Ok(parse_lsn(row.get(0)))
+}
+
+async fn current_wal_lsn(client: &Client) -> Result<Lsn, PipelineError> {
+    let row = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
         .map_err(PipelineError::Source)?;
     Ok(parse_lsn(row.get(0)))

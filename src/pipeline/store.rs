@@ -77,6 +77,9 @@ impl Store {
         batch: EventBatch,
     ) -> Result<Option<Lsn>, PipelineError> {
         let lsn = batch.commit_lsn;
+        if batch.end_lsn.is_some() {
+            crate::ops::failpoint::hit("route-transaction")?;
+        }
         let deliveries = if batch.already_stored {
             tracing::debug!(lsn = %lsn, "transaction already stored, skipped");
             Vec::new()
@@ -131,7 +134,7 @@ impl Store {
         if !self.pending.is_empty() {
             self.deliveries_stored.notify_one();
         }
-        crate::ops::failpoint::hit("after-queue-commit");
+        crate::ops::failpoint::hit("after-queue-commit")?;
 
         self.pending.clear();
         self.pending_progress = None;

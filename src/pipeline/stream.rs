@@ -136,6 +136,7 @@ async fn handle_message(
         ReplicationMessage::XLogData(xlog) => {
             positions.received = positions.received.max(xlog.wal_end);
             crate::ops::metrics::wal_received(xlog.wal_end, xlog.server_clock);
+            crate::ops::failpoint::hit("decode-message")?;
             let decoded = pgoutput::decode(&xlog.data)?;
             if let Some(batch) = processor.handle(decoded).await? {
                 let confirmed = store.accept(processor, batch).await?;

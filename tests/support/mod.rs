@@ -148,9 +148,6 @@ pub fn walhook(args: &[&str]) -> Output {
 ///
 /// Its stdout and stderr go to `daemon.log` next to the config file; the
 /// log is printed when a test panics while the daemon is alive.
-///
-/// NOTE: no test uses this guard yet, because `walhook run` is not
-/// implemented; its start, restart and SIGTERM paths have not run.
 pub struct Daemon {
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -330,4 +327,52 @@ pub async fn expect_delivery(
 /// Returns a fresh loopback address for the daemon's HTTP endpoint.
 pub fn loopback_addr() -> SocketAddr {
     free_loopback_addr().expect("127.0.0.1:0 can be bound")
+}
+
+/// Returns the `http.listen` address of a config written by
+/// [`walhook::demo::config_for`].
+pub fn listen_addr(config: &str) -> SocketAddr {
+    let value = config
+        .lines()
+        .find_map(|line| line.strip_prefix("listen = "))
+        .expect("the config sets http.listen");
+    value
+        .trim_matches('"')
+        .parse()
+        .expect("http.listen is a socket address")
+}
+
+/// Sends `GET /readyz` to the daemon at `addr` and returns the status and
+/// body, or `None` when the request fails, such as before the daemon listens.
+pub async fn get_readyz(addr: SocketAddr) -> Option<(u16, String)> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/readyz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    let body = response.text().await.ok()?;
+    Some((status, body))
+}
+
+/// Polls `/readyz` at `addr` every 100 ms until it returns `status`, and
+/// returns the body. Panics after `timeout`.
+pub async fn wait_for_readyz(addr: SocketAddr, status: u16, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        let reply = get_readyz(addr).await;
+        if let Some((got, body)) = &reply {
+            if *got == status {
+                return body.clone();
+            }
+        }
+        last = reply.or(last);
+        assert!(
+            Instant::now() < deadline,
+            "/readyz did not return {status} within {timeout:?}; last reply: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
