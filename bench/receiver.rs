@@ -38,7 +38,12 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["serve", port_file] => runtime.block_on(serve(port_file)),
         ["load", url, seconds, concurrency] => {
             runtime.block_on(load(url, seconds.parse()?, concurrency.parse()?))
@@ -74,11 +79,17 @@ async fn receive(State(stats): State<Arc<Stats>>, method: Method, body: String) 
         Ordering::Relaxed,
         Ordering::Relaxed,
     );
-    stats.last_unix_ms.fetch_max(now_ms as u64, Ordering::Relaxed);
+    stats
+        .last_unix_ms
+        .fetch_max(now_ms as u64, Ordering::Relaxed);
 
     if body.contains("newStageTimestamp") {
         let delays = stage_delays_ms(&body, now_ms);
-        stats.latencies_ms.lock().expect("no holder of the lock panics").extend(delays);
+        stats
+            .latencies_ms
+            .lock()
+            .expect("no holder of the lock panics")
+            .extend(delays);
     }
     StatusCode::OK
 }
@@ -101,7 +112,11 @@ fn stage_delays_ms(body: &str, now_ms: f64) -> Vec<f64> {
 }
 
 async fn report(State(stats): State<Arc<Stats>>) -> Json<Value> {
-    let mut delays = stats.latencies_ms.lock().expect("no holder of the lock panics").clone();
+    let mut delays = stats
+        .latencies_ms
+        .lock()
+        .expect("no holder of the lock panics")
+        .clone();
     delays.sort_by(f64::total_cmp);
     let percentile = |p: f64| -> Option<f64> {
         let last = delays.len().checked_sub(1)?;
@@ -122,7 +137,11 @@ async fn reset(State(stats): State<Arc<Stats>>) -> StatusCode {
     stats.requests.store(0, Ordering::Relaxed);
     stats.first_unix_ms.store(0, Ordering::Relaxed);
     stats.last_unix_ms.store(0, Ordering::Relaxed);
-    stats.latencies_ms.lock().expect("no holder of the lock panics").clear();
+    stats
+        .latencies_ms
+        .lock()
+        .expect("no holder of the lock panics")
+        .clear();
     StatusCode::OK
 }
 
@@ -143,7 +162,11 @@ async fn load(url: &str, seconds: f64, concurrency: usize) -> anyhow::Result<()>
                     .body(SAMPLE_BODY)
                     .send()
                     .await?;
-                anyhow::ensure!(response.status().is_success(), "receiver responded {}", response.status());
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "receiver responded {}",
+                    response.status()
+                );
                 sent.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
@@ -158,5 +181,8 @@ async fn load(url: &str, seconds: f64, concurrency: usize) -> anyhow::Result<()>
 }
 
 fn unix_ms(time: SystemTime) -> f64 {
-    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0
 }

@@ -156,7 +156,10 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 
 fn report(err: &anyhow::Error) -> ExitCode {
     eprintln!("walhook: {err:#}");
-    if err.downcast_ref::<ConfigError>().is_some() {
+    let needs_operator = err
+        .downcast_ref::<crate::pipeline::PipelineError>()
+        .is_some_and(crate::pipeline::PipelineError::is_fatal);
+    if needs_operator || err.downcast_ref::<ConfigError>().is_some() {
         ExitCode::from(EXIT_CONFIG)
     } else {
         ExitCode::FAILURE
