@@ -14,7 +14,8 @@ use crate::payload::EventKind;
 pub enum SubscriptionKey {
     /// A row of the application's subscriptions table, by its id.
     App(i64),
-    /// An `[[endpoints]]` entry of config.toml, by a hash of its URL.
+    /// An `[[endpoints]]` entry of config.toml, by its `id`, or without one
+    /// by a hash of its URL.
     Endpoint(String),
 }
 
@@ -27,6 +28,15 @@ impl SubscriptionKey {
             .map(|byte| format!("{byte:02x}"))
             .collect();
         SubscriptionKey::Endpoint(hex)
+    }
+
+    /// Returns the key of an `[[endpoints]]` entry: its `id` when set, else
+    /// the hash of its URL.
+    pub fn of_endpoint(endpoint: &crate::config::EndpointConfig) -> SubscriptionKey {
+        match &endpoint.id {
+            Some(id) => SubscriptionKey::Endpoint(id.clone()),
+            None => SubscriptionKey::for_endpoint(&endpoint.url),
+        }
     }
 
     /// Parses the text form written by `Display` (`sub_42`, `endpoint_1a2b3c4d5e6f`).
@@ -120,6 +130,33 @@ impl Subscriptions {
         map.remove(key);
     }
 
+    /// Makes the static endpoints those of `endpoints`: adds or replaces each
+    /// entry and removes the endpoints no longer listed. Returns the keys of
+    /// the removed endpoints.
+    pub fn replace_endpoints(
+        &self,
+        endpoints: &[crate::config::EndpointConfig],
+    ) -> Vec<SubscriptionKey> {
+        let listed: Vec<Subscription> = endpoints.iter().map(Subscription::from_endpoint).collect();
+        let mut map = self
+            .by_key
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let removed: Vec<SubscriptionKey> = map
+            .keys()
+            .filter(|key| matches!(key, SubscriptionKey::Endpoint(_)))
+            .filter(|key| listed.iter().all(|subscription| &subscription.key != *key))
+            .cloned()
+            .collect();
+        for key in &removed {
+            map.remove(key);
+        }
+        for subscription in listed {
+            map.insert(subscription.key.clone(), Arc::new(subscription));
+        }
+        removed
+    }
+
     /// Returns the enabled subscriptions of the given owners, and every static
     /// endpoint, that want `kind`, sorted by key.
     pub fn matching(&self, owners: &[Owner], kind: EventKind) -> Vec<Arc<Subscription>> {
@@ -157,7 +194,7 @@ impl Subscription {
             .filter_map(|name| EventKind::from_name(name))
             .collect();
         Subscription {
-            key: SubscriptionKey::for_endpoint(&endpoint.url),
+            key: SubscriptionKey::of_endpoint(endpoint),
             owner: Owner::Everyone,
             url: endpoint.url.clone(),
             secrets,
