@@ -79,9 +79,9 @@ fn parse_error(text: &str, err: &toml::de::Error) -> ConfigError {
 }
 
 /// Returns the 1-based line of `key`, such as `delivery.concurrency` or
-/// `endpoints[1].url`, when it is written as `name = value` below its own
-/// table header; for a key whose line is not found, the line of its table
-/// header. Keys written as dotted keys or inline tables are not found.
+/// `endpoints[1].url`, written as `name = value` below its table header.
+/// When that line is missing, it returns the header's line. Keys written as
+/// dotted keys or in inline tables are not found.
 fn line_of_key(text: &str, key: &str) -> Option<usize> {
     let (table, field) = match key.strip_suffix(']') {
         Some(_) => (key, None),

@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn lowered_size_waits_for_held_permits() {
         let mut permits = Permits::new(4);
-        let held = Arc::clone(permits.settle())
+        let in_use = Arc::clone(permits.settle())
             .try_acquire_many_owned(3)
             .expect("3 of 4 permits are free");
         permits.resize(2);
@@ -132,11 +132,11 @@ mod tests {
             "1 free permit forgotten"
         );
 
-        drop(held);
+        drop(in_use);
         assert_eq!(
             permits.settle().available_permits(),
             2,
-            "the held ones repay the rest"
+            "the returned permits repay the rest"
         );
     }
 
@@ -150,12 +150,12 @@ mod tests {
     #[test]
     fn raise_after_lower_repays_first() {
         let mut permits = Permits::new(4);
-        let held = Arc::clone(permits.settle())
+        let in_use = Arc::clone(permits.settle())
             .try_acquire_many_owned(4)
             .expect("all permits are free");
         permits.resize(1);
         permits.resize(3);
-        drop(held);
+        drop(in_use);
         assert_eq!(permits.settle().available_permits(), 3);
     }
 }

@@ -20,7 +20,7 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 /// Handle that replaces the filter of the installed subscriber.
 static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
-/// What [`set_filter`] did.
+/// Outcome of [`set_filter`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FilterChange {
     /// The new filter is in force.

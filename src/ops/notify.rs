@@ -30,7 +30,8 @@ pub fn ready() {
 }
 
 /// Sends `RELOADING=1` with `MONOTONIC_USEC`, the `CLOCK_MONOTONIC` time of
-/// the reload's start, which systemd 253 and later require with it. Returns
+/// the reload's start, which `Type=notify-reload` (systemd 253 and later)
+/// needs to match the notification to its reload request. Returns
 /// whether it was sent: before the first `READY=1` nothing is sent, because
 /// the `READY=1` that ends a reload would report a start that has not
 /// finished.

@@ -5,14 +5,14 @@
 //! (`source.password_file`, `endpoints[].secret_file`,
 //! `http.admin_token_file`, resolved against `$CREDENTIALS_DIRECTORY` as at
 //! start). A file that fails to load changes nothing. Otherwise the log
-//! filter, the admin token and the static endpoints are replaced here, and the
-//! new configuration goes out on a `watch` channel, from which the delivery
-//! workers take `[delivery]` and the pipeline takes `delivery.max_batch` and
-//! the settings of connections it opens later. The keys of
+//! filter, the admin token and the static endpoints are replaced here. The
+//! new configuration then goes out on a `watch` channel. The delivery workers
+//! take `[delivery]` from it, and the pipeline takes `delivery.max_batch` and
+//! the settings of the connections it opens later. The keys of
 //! [`crate::config::RESTART_KEYS`] keep their running value, with a warning.
 //!
 //! systemd learns of the reload through `RELOADING=1` and the `READY=1` that
-//! ends it (`sd_notify(3)`, systemd 253 and later).
+//! ends it (`sd_notify(3)`).
 
 use std::path::PathBuf;
 use std::sync::Arc;

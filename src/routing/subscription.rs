@@ -207,3 +207,70 @@ impl Subscription {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EndpointConfig;
+
+    fn endpoint(id: Option<&str>, url: &str, secret: &str) -> EndpointConfig {
+        EndpointConfig {
+            id: id.map(str::to_owned),
+            url: url.to_owned(),
+            secret: Some(Secret::new(secret.to_owned())),
+            secret_file: None,
+            events: Vec::new(),
+        }
+    }
+
+    fn app_subscription(id: i64) -> Subscription {
+        Subscription {
+            key: SubscriptionKey::App(id),
+            owner: Owner::Company(1),
+            url: "https://hooks.example.com/app".to_owned(),
+            secrets: Vec::new(),
+            events: None,
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn endpoint_with_id_keeps_key_on_new_url() {
+        let subscriptions = Subscriptions::default();
+        subscriptions.replace_endpoints(&[endpoint(Some("hooks"), "https://a.example/x", "s1")]);
+        let removed = subscriptions.replace_endpoints(&[endpoint(
+            Some("hooks"),
+            "https://b.example/x",
+            "s2",
+        )]);
+
+        assert!(removed.is_empty(), "{removed:?}");
+        let key = SubscriptionKey::Endpoint("hooks".to_owned());
+        let current = subscriptions.get(&key).expect("the endpoint stays");
+        assert_eq!(current.url, "https://b.example/x");
+        assert_eq!(current.secrets, [Secret::new("s2".to_owned())]);
+    }
+
+    #[test]
+    fn endpoint_without_id_is_replaced_on_new_url() {
+        let subscriptions = Subscriptions::default();
+        subscriptions.upsert(app_subscription(7));
+        subscriptions.replace_endpoints(&[endpoint(None, "https://a.example/x", "s1")]);
+        let removed =
+            subscriptions.replace_endpoints(&[endpoint(None, "https://b.example/x", "s1")]);
+
+        assert_eq!(
+            removed,
+            [SubscriptionKey::for_endpoint("https://a.example/x")]
+        );
+        let new_key = SubscriptionKey::for_endpoint("https://b.example/x");
+        assert!(
+            subscriptions.get(&new_key).is_some(),
+            "the new URL is listed"
+        );
+        assert!(
+            subscriptions.get(&SubscriptionKey::App(7)).is_some(),
+            "application subscriptions stay"
+        );
+    }
+}

@@ -277,7 +277,7 @@ impl Daemon {
 
     /// Waits until the log contains `expected` at least `count` times,
     /// panicking after `timeout` with the log. It sleeps without blocking, so
-    /// a receiver on the test's runtime keeps answering.
+    /// a receiver on the test's runtime keeps responding.
     pub async fn wait_for_log(&self, expected: &str, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.log().matches(expected).count() < count {
