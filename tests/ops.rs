@@ -763,3 +763,60 @@ async fn retried_delivery_follows_new_url() {
     );
     daemon.terminate();
 }
+
+#[tokio::test]
+async fn reload_applies_delivery_settings() {
+    let setup = setup().await;
+    let config = setup.config();
+    let mut daemon = Daemon::setup_and_start(&config);
+    wait_ready(&setup).await;
+
+    setup
+        .db
+        .execute("UPDATE jobs SET stage_id = 2 WHERE id = 5001")
+        .await;
+    expect_delivery(&setup.receiver, WAIT, "the stage change before the reload").await;
+
+    let strict = config.replacen(
+        "allow_private_targets = true",
+        "allow_private_targets = false",
+        1,
+    );
+    assert_ne!(strict, config, "the test config allows private targets");
+    daemon.write_config(&strict);
+    daemon
+        .reload_and_wait("reloaded [delivery] settings applied", WAIT)
+        .await;
+
+    setup
+        .db
+        .execute("UPDATE jobs SET stage_id = 3 WHERE id = 5001")
+        .await;
+    let client = setup.db.connect().await;
+    let deadline = Instant::now() + WAIT;
+    let last_error = loop {
+        let row = client
+            .query_one(
+                "SELECT last_error FROM walhook.deliveries ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .expect("the newest delivery row");
+        let last_error: Option<String> = row.get(0);
+        if last_error.is_some() || Instant::now() > deadline {
+            break last_error.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        last_error.contains("delivery.allowed_networks"),
+        "the reloaded target policy rejects the loopback receiver: {last_error}"
+    );
+    let extra = setup.receiver.next_delivery(Duration::from_secs(1)).await;
+    assert!(
+        extra.is_none(),
+        "no webhook reaches the loopback receiver after the reload: {:?}",
+        extra.map(|r| r.path)
+    );
+    daemon.terminate();
+}
