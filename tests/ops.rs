@@ -528,8 +528,8 @@ async fn stage_change_paths(setup: &Setup, stage: i64) -> Vec<String> {
         ))
         .await;
     let mut paths = Vec::new();
-    for what in ["the first webhook of the stage change", "the second one"] {
-        paths.push(expect_delivery(&setup.receiver, WAIT, what).await.path);
+    for expected in ["the first webhook of the stage change", "the second one"] {
+        paths.push(expect_delivery(&setup.receiver, WAIT, expected).await.path);
     }
     paths.sort();
     paths
