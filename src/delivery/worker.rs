@@ -237,9 +237,9 @@ impl Shared {
                 "subscription URL changed since the delivery was stored, sending to the current URL"
             );
         }
-        // NOTE: the claim counts per-endpoint room by the stored URL, and so
-        // does the in-flight guard, so the attempts of a delivery whose URL
-        // changed count against the endpoint of its stored URL.
+        // NOTE: the claim and the in-flight guard take the endpoint from the
+        // stored URL. So the attempts of a delivery whose URL changed count
+        // against the limit and circuit breaker of its stored URL's endpoint.
         let request = WebhookRequest {
             url: &subscription.url,
             webhook_id: &delivery.webhook_id,
