@@ -507,3 +507,316 @@ async fn shutdown_abandons_slow_delivery() {
         "the abandoned delivery stays pending"
     );
 }
+
+/// Returns `config` with the log filter `filter` and the static endpoint
+/// `static-hook` at `url`, which receives STAGE_CHANGED signed with `secret`.
+fn with_endpoint(config: &str, filter: &str, url: &str, secret: &str) -> String {
+    let config = config.replacen("filter = \"info\"", &format!("filter = \"{filter}\""), 1);
+    format!(
+        "{config}\n[[endpoints]]\nid = \"static-hook\"\nurl = \"{url}\"\nsecret = \"{secret}\"\nevents = [\"STAGE_CHANGED\"]\n"
+    )
+}
+
+/// Changes the stage of the seed job and returns the sorted paths of the two
+/// webhooks it raises: one to the company's subscription, one to the static
+/// endpoint.
+async fn stage_change_paths(setup: &Setup, stage: i64) -> Vec<String> {
+    setup
+        .db
+        .execute(&format!(
+            "UPDATE jobs SET stage_id = {stage} WHERE id = 5001"
+        ))
+        .await;
+    let mut paths = Vec::new();
+    for expected in ["the first webhook of the stage change", "the second one"] {
+        paths.push(expect_delivery(&setup.receiver, WAIT, expected).await.path);
+    }
+    paths.sort();
+    paths
+}
+
+#[tokio::test]
+async fn reload_applies_endpoint_and_filter() {
+    let setup = setup().await;
+    let secret = generate_secret();
+    setup.receiver.add_secret(&secret);
+    let old_url = format!("{}/static-old", setup.receiver.url());
+    let new_url = format!("{}/static-new", setup.receiver.url());
+    let mut daemon =
+        Daemon::setup_and_start(&with_endpoint(&setup.config(), "info", &old_url, &secret));
+    wait_ready(&setup).await;
+    let reconnects = "walhook_replication_reconnects_total";
+    let reconnects_before = sample(&scrape(&setup).await, reconnects, &[]);
+
+    let company = format!("/company-{COMPANY}");
+    assert_eq!(
+        stage_change_paths(&setup, 2).await,
+        [company.as_str(), "/static-old"],
+        "webhooks before the reload"
+    );
+    assert!(
+        !daemon.log().contains("delivery attempt finished"),
+        "the filter `info` hides debug lines before the reload"
+    );
+
+    daemon.write_config(&with_endpoint(
+        &setup.config(),
+        "info,walhook=debug",
+        &new_url,
+        &secret,
+    ));
+    daemon.reload_and_wait("configuration reloaded", WAIT).await;
+    assert!(
+        daemon.try_exit_status().is_none(),
+        "the daemon keeps running after SIGHUP"
+    );
+
+    assert_eq!(
+        stage_change_paths(&setup, 3).await,
+        [company.as_str(), "/static-new"],
+        "webhooks after the reload"
+    );
+    daemon
+        .wait_for_log("delivery attempt finished", 1, WAIT)
+        .await;
+    let reconnects_after = sample(&scrape(&setup).await, reconnects, &[]);
+    assert_eq!(
+        reconnects_after, reconnects_before,
+        "no replication session failed"
+    );
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("replication started").count(),
+        1,
+        "the replication stream started once:\n{log}"
+    );
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn reload_keeps_config_on_error() {
+    let setup = setup().await;
+    let config = setup.config();
+    let mut daemon = Daemon::setup_and_start(&config);
+    wait_ready(&setup).await;
+
+    let broken = config.replacen("[delivery]\n", "[delivery]\nconcurrency = 0\n", 1);
+    let line = broken
+        .lines()
+        .position(|l| l == "concurrency = 0")
+        .map_or(0, |index| index + 1);
+    daemon.write_config(&broken);
+    daemon
+        .reload_and_wait("reloading the configuration failed", WAIT)
+        .await;
+    let log = daemon.log();
+    assert!(
+        log.contains("`delivery.concurrency`"),
+        "the error names the key:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("line {line}")),
+        "the error names line {line}:\n{log}"
+    );
+    assert!(
+        daemon.try_exit_status().is_none(),
+        "the daemon keeps running after a failed reload"
+    );
+
+    let restart_only = config.replacen(
+        "status_interval = \"500ms\"",
+        "status_interval = \"700ms\"",
+        1,
+    );
+    daemon.write_config(&restart_only);
+    daemon.reload_and_wait("configuration reloaded", WAIT).await;
+    let log = daemon.log();
+    assert!(
+        log.contains("source.status_interval"),
+        "the changed restart key is named:\n{log}"
+    );
+    assert!(
+        log.contains("applies only after a restart"),
+        "the warning says that a restart is needed:\n{log}"
+    );
+
+    setup
+        .db
+        .execute("UPDATE jobs SET stage_id = 2 WHERE id = 5001")
+        .await;
+    expect_delivery(&setup.receiver, WAIT, "the stage change after the reloads").await;
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn reload_notifies_systemd() {
+    let setup = setup().await;
+    let socket_path = setup.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("notify socket binds");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    let socket_text = socket_path.display().to_string();
+    let env = [("NOTIFY_SOCKET", socket_text.as_str())];
+    let mut daemon = Daemon::setup_and_start_with_env(&setup.config(), &env);
+
+    let mut messages = Vec::new();
+    read_notifications(&socket, &mut messages, |m| position(m, "READY=1").is_some());
+    let Some(ready) = position(&messages, "READY=1") else {
+        panic!("READY=1 arrives: {messages:?}");
+    };
+
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    read_notifications(&socket, &mut messages, |m| {
+        m[ready + 1..].iter().any(|l| l == "READY=1")
+    });
+    let reloading = position(&messages, "RELOADING=1");
+    assert!(
+        reloading.is_some_and(|reloading| reloading > ready),
+        "RELOADING=1 arrives after READY=1: {messages:?}"
+    );
+    let reloading = reloading.unwrap_or_default();
+    let monotonic = messages[reloading..]
+        .iter()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|usec| usec.parse::<u64>().ok());
+    assert!(
+        monotonic.is_some_and(|usec| usec > 0),
+        "MONOTONIC_USEC comes with RELOADING=1: {messages:?}"
+    );
+    assert!(
+        messages[reloading..].iter().any(|l| l == "READY=1"),
+        "READY=1 ends the reload: {messages:?}"
+    );
+    assert!(
+        daemon.try_exit_status().is_none(),
+        "the daemon keeps running after SIGHUP"
+    );
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn retried_delivery_follows_new_url() {
+    let setup = setup().await;
+    let old_path = format!("/company-{COMPANY}");
+    setup.receiver.set_fallback(&old_path, Reply::status(500));
+    let mut daemon = Daemon::setup_and_start(&setup.config());
+    wait_ready(&setup).await;
+
+    setup
+        .db
+        .execute("UPDATE jobs SET stage_id = 2 WHERE id = 5001")
+        .await;
+    let first = expect_delivery(&setup.receiver, WAIT, "the first attempt, answered 500").await;
+    assert_eq!(
+        first.path, old_path,
+        "the first attempt goes to the old URL"
+    );
+    let webhook_id = first.header("webhook-id").map(str::to_owned);
+
+    let new_url = format!("{}/company-moved", setup.receiver.url());
+    let client = setup.db.connect().await;
+    client
+        .execute(
+            "UPDATE webhook_subscriptions SET url = $1 WHERE id = $2",
+            &[&new_url as &(dyn ToSql + Sync), &setup.subscription],
+        )
+        .await
+        .expect("subscription URL updated");
+
+    // A retry that came due before the update reached walhook still goes to
+    // the old URL; the retries after it go to the new one.
+    let moved = loop {
+        let request = expect_delivery(&setup.receiver, WAIT, "a retry at the new URL").await;
+        assert_eq!(
+            request.header("webhook-id").map(str::to_owned),
+            webhook_id,
+            "every attempt is the same delivery"
+        );
+        if request.path == "/company-moved" {
+            break request;
+        }
+        assert_eq!(request.path, old_path, "attempts go to the old or new URL");
+    };
+    assert!(
+        moved.signature_valid,
+        "the retry is signed with the subscription's secret"
+    );
+
+    let deadline = Instant::now() + WAIT;
+    let (status, url) = loop {
+        let row = client
+            .query_one("SELECT status, url FROM walhook.deliveries", &[])
+            .await
+            .expect("one delivery row");
+        let status: String = row.get(0);
+        if status != "pending" || Instant::now() > deadline {
+            break (status, row.get::<_, String>(1));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, "delivered", "the retry at the new URL is recorded");
+    assert_eq!(
+        url,
+        format!("{}{old_path}", setup.receiver.url()),
+        "the row keeps the URL it was first addressed to"
+    );
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn reload_applies_delivery_settings() {
+    let setup = setup().await;
+    let config = setup.config();
+    let mut daemon = Daemon::setup_and_start(&config);
+    wait_ready(&setup).await;
+
+    setup
+        .db
+        .execute("UPDATE jobs SET stage_id = 2 WHERE id = 5001")
+        .await;
+    expect_delivery(&setup.receiver, WAIT, "the stage change before the reload").await;
+
+    let strict = config.replacen(
+        "allow_private_targets = true",
+        "allow_private_targets = false",
+        1,
+    );
+    assert_ne!(strict, config, "the test config allows private targets");
+    daemon.write_config(&strict);
+    daemon
+        .reload_and_wait("reloaded [delivery] settings applied", WAIT)
+        .await;
+
+    setup
+        .db
+        .execute("UPDATE jobs SET stage_id = 3 WHERE id = 5001")
+        .await;
+    let client = setup.db.connect().await;
+    let deadline = Instant::now() + WAIT;
+    let last_error = loop {
+        let row = client
+            .query_one(
+                "SELECT last_error FROM walhook.deliveries ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .expect("the newest delivery row");
+        let last_error: Option<String> = row.get(0);
+        if last_error.is_some() || Instant::now() > deadline {
+            break last_error.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        last_error.contains("delivery.allowed_networks"),
+        "the reloaded target policy rejects the loopback receiver: {last_error}"
+    );
+    let extra = setup.receiver.next_delivery(Duration::from_secs(1)).await;
+    assert!(
+        extra.is_none(),
+        "no webhook reaches the loopback receiver after the reload: {:?}",
+        extra.map(|r| r.path)
+    );
+    daemon.terminate();
+}

@@ -8,11 +8,14 @@ mod skip;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigError};
+use crate::ops::reload::Reloader;
+use crate::routing::Subscriptions;
 
 /// Exit status for invalid configuration (`EX_CONFIG` of sysexits.h).
 const EXIT_CONFIG: u8 = 78;
@@ -119,13 +122,26 @@ pub async fn main() -> ExitCode {
 }
 
 async fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let hangups = crate::ops::reload::listen()
+        .map_err(|err| anyhow::anyhow!("cannot install the SIGHUP handler: {err}"))?;
     let config = load_config(path)?;
     crate::ops::logging::init(&config.log.filter);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "walhook starting");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let ops = crate::ops::start(&config, shutdown.clone()).await?;
-    let pipeline = crate::pipeline::run(config, shutdown.clone());
+
+    let (live_sender, live) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let subscriptions = Arc::new(Subscriptions::default());
+    let reloader = Reloader::new(
+        path.to_owned(),
+        config,
+        live_sender,
+        Arc::clone(&subscriptions),
+        ops.state(),
+    );
+    tokio::spawn(reloader.run(hangups, shutdown.clone()));
+    let pipeline = crate::pipeline::run(live, subscriptions, shutdown.clone());
     let result = crate::ops::run_with_grace(pipeline, &shutdown, crate::ops::SHUTDOWN_GRACE).await;
     ops.stop().await;
     result?;

@@ -16,6 +16,13 @@ pub enum ConfigError {
     Parse { location: String, message: String },
     #[error("invalid config key `{key}`: {message}")]
     Invalid { key: String, message: String },
+    #[error("invalid config key `{key}` at `{path}` line {line}: {message}")]
+    InvalidAt {
+        key: String,
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("cannot read `{key}` file `{path}`")]
     ReadSecret {
         key: String,
@@ -34,6 +41,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         ConfigError::Parse { location, message } => ConfigError::Parse {
             location: format!(" `{}`{location}", path.display()),
             message,
+        },
+        ConfigError::Invalid { key, message } => match line_of_key(&text, &key) {
+            Some(line) => ConfigError::InvalidAt {
+                key,
+                path: path.to_owned(),
+                line,
+                message,
+            },
+            None => ConfigError::Invalid { key, message },
         },
         other => other,
     })?;
@@ -60,6 +76,57 @@ fn parse_error(text: &str, err: &toml::de::Error) -> ConfigError {
         location,
         message: err.message().trim().to_owned(),
     }
+}
+
+/// Returns the 1-based line of `key`, such as `delivery.concurrency` or
+/// `endpoints[1].url`, written as `name = value` below its table header.
+/// When that line is missing, it returns the header's line. Keys written as
+/// dotted keys or in inline tables are not found.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let (table, field) = match key.strip_suffix(']') {
+        Some(_) => (key, None),
+        None => match key.rsplit_once('.') {
+            Some((table, field)) => (table, Some(field)),
+            None => return None,
+        },
+    };
+    let (header, occurrence) = match table.split_once('[') {
+        Some((name, index)) => (
+            format!("[[{name}]]"),
+            index.trim_end_matches(']').parse::<usize>().ok()?,
+        ),
+        None => (format!("[{table}]"), 0),
+    };
+
+    let lines: Vec<&str> = text.lines().collect();
+    let header_index = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| is_header(line, &header))
+        .nth(occurrence)
+        .map(|(index, _)| index)?;
+    let Some(field) = field else {
+        return Some(header_index + 1);
+    };
+    let field_index = lines[header_index + 1..]
+        .iter()
+        .take_while(|line| !line.trim_start().starts_with('['))
+        .position(|line| assigns(line, field));
+    Some(header_index + 1 + field_index.map_or(0, |offset| offset + 1))
+}
+
+/// Tells whether `line` is the table header `header`, with an optional comment.
+fn is_header(line: &str, header: &str) -> bool {
+    line.trim()
+        .strip_prefix(header)
+        .is_some_and(|rest| rest.trim_start().is_empty() || rest.trim_start().starts_with('#'))
+}
+
+/// Tells whether `line` assigns a value to the bare key `field`.
+fn assigns(line: &str, field: &str) -> bool {
+    line.trim_start()
+        .strip_prefix(field)
+        .is_some_and(|rest| rest.trim_start().starts_with('='))
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -100,8 +167,19 @@ impl Config {
         if self.delivery.timeout.is_zero() {
             return Err(invalid("delivery.timeout", "must be longer than 0s"));
         }
+        let mut endpoint_keys = std::collections::HashMap::new();
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{index}]");
+            if let Some(id) = &endpoint.id {
+                validate_endpoint_id(&format!("{key}.id"), id)?;
+            }
+            let subscription = crate::routing::SubscriptionKey::of_endpoint(endpoint);
+            if let Some(first) = endpoint_keys.insert(subscription, index) {
+                return Err(invalid(
+                    &key,
+                    format!("has the same `id` or, without one, the same `url` as endpoints[{first}]; give each entry a distinct `id`"),
+                ));
+            }
             let url = url::Url::parse(&endpoint.url).map_err(|err| {
                 invalid(&format!("{key}.url"), format!("`{}`: {err}", endpoint.url))
             })?;
@@ -152,6 +230,22 @@ fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
         source,
     })?;
     Ok(Secret::new(text.trim_end_matches(['\n', '\r']).to_owned()))
+}
+
+fn validate_endpoint_id(key: &str, value: &str) -> Result<(), ConfigError> {
+    let valid = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("`{value}` is not a valid id; use lowercase letters, digits, `_` and `-`, at most 63 bytes"),
+        ))
+    }
 }
 
 fn validate_identifier(key: &str, value: &str) -> Result<(), ConfigError> {
@@ -244,6 +338,60 @@ enabled = "enabled"
             "{MINIMAL}\n[[endpoints]]\nurl = \"https://hooks.example.com/x\"\nsecret = \"whsec_AAAA\"\nevents = [\"JOB_DELETED\"]\n"
         );
         assert!(error_of(&text).contains("`JOB_DELETED`"));
+    }
+
+    #[test]
+    fn invalid_key_line_is_found() {
+        let text = format!("{MINIMAL}\n[delivery]\ntimeout = \"5s\"\nconcurrency = 0\n");
+        let line = text
+            .lines()
+            .position(|l| l == "concurrency = 0")
+            .map(|i| i + 1);
+        assert_eq!(line_of_key(&text, "delivery.concurrency"), line);
+    }
+
+    #[test]
+    fn endpoint_key_line_counts_entries() {
+        let text = "[[endpoints]] # first\nurl = \"a\"\n\n[[endpoints]]\nid = \"x\"\nurl = \"b\"\n";
+        assert_eq!(line_of_key(text, "endpoints[1].url"), Some(6));
+        assert_eq!(line_of_key(text, "endpoints[0]"), Some(1));
+        assert_eq!(
+            line_of_key(text, "endpoints[1].events"),
+            Some(4),
+            "header line"
+        );
+        assert_eq!(line_of_key(text, "endpoints[2].url"), None);
+    }
+
+    #[test]
+    fn load_names_line_of_invalid_key() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("config.toml");
+        let text = format!("{MINIMAL}\n[delivery]\nconcurrency = 0\n");
+        std::fs::write(&path, &text).expect("config written");
+        let message = load(&path).expect_err("config is invalid").to_string();
+        let line = text
+            .lines()
+            .position(|l| l == "concurrency = 0")
+            .map_or(0, |i| i + 1);
+        assert!(message.contains("`delivery.concurrency`"), "{message}");
+        assert!(message.contains(&format!("line {line}")), "{message}");
+    }
+
+    #[test]
+    fn endpoints_need_distinct_keys() {
+        let endpoint =
+            "\n[[endpoints]]\nurl = \"https://hooks.example.com/x\"\nsecret = \"whsec_AAAA\"\n";
+        let text = format!("{MINIMAL}{endpoint}{endpoint}");
+        assert!(error_of(&text).contains("endpoints[1]"));
+        let named = format!("{MINIMAL}{endpoint}id = \"first\"\n{endpoint}");
+        assert!(load_str(&named).is_ok(), "an id tells the entries apart");
+    }
+
+    #[test]
+    fn endpoint_id_is_checked() {
+        let text = format!("{MINIMAL}\n[[endpoints]]\nid = \"Billing Hook\"\nurl = \"https://hooks.example.com/x\"\nsecret = \"whsec_AAAA\"\n");
+        assert!(error_of(&text).contains("endpoints[0].id"));
     }
 
     #[test]

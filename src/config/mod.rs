@@ -8,6 +8,7 @@
 mod duration;
 mod load;
 mod postgres;
+mod reload;
 mod secret;
 mod tables;
 
@@ -20,6 +21,7 @@ use serde::Deserialize;
 pub use duration::parse_duration;
 pub use load::{load, load_str, ConfigError};
 pub use postgres::{parse_connection_string, ParsedConnectionString, PostgresTarget};
+pub use reload::{keep_restart_keys, RESTART_KEYS};
 pub use secret::Secret;
 pub use tables::{
     quote_ident, ChatsTable, HesScoresTable, JobsTable, QualifiedName, SubscriptionsTable, Tables,
@@ -49,12 +51,13 @@ pub struct Config {
 }
 
 /// `[source]`: the application database and its replication objects.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// libpq-style URL or key=value string of the application database.
     pub url: String,
-    /// File holding the password, read at start; overrides a password in `url`.
+    /// File holding the password, read at start and on reload; overrides a
+    /// password in `url`. A reloaded password applies to new connections.
     pub password_file: Option<PathBuf>,
     /// Publication that covers every mapped table and the subscriptions table.
     #[serde(default = "default_publication")]
@@ -74,7 +77,7 @@ pub struct SourceConfig {
 }
 
 /// `[queue]`: where the durable outbox lives.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// Database of the queue; `source.url` when absent.
@@ -85,7 +88,7 @@ pub struct QueueConfig {
 }
 
 /// `[delivery]`: how webhooks are sent.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Limit of one request: connect, TLS, request and response body.
@@ -119,7 +122,7 @@ pub struct DeliveryConfig {
 }
 
 /// `[replication]`: what the daemon may do to its slot.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationConfig {
     /// Drops and re-creates a slot that PostgreSQL invalidated, logging the
@@ -129,18 +132,18 @@ pub struct ReplicationConfig {
 }
 
 /// `[http]`: the operations endpoint.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address of `/metrics`, `/healthz`, `/readyz` and the admin API.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// File holding the bearer token of the admin API.
+    /// File holding the bearer token of the admin API, read at start and on reload.
     pub admin_token_file: Option<PathBuf>,
 }
 
 /// `[log]`: what the daemon logs.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `RUST_LOG`-style filter; the `RUST_LOG` environment variable overrides it.
@@ -149,13 +152,18 @@ pub struct LogConfig {
 }
 
 /// `[[endpoints]]`: a subscription defined in the file instead of the application.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
+    /// Name that identifies the endpoint in the queue (`endpoint_ID`) instead
+    /// of a hash of its URL, so that its pending deliveries follow a change
+    /// of `url`. Lowercase letters, digits, `_` and `-`.
+    pub id: Option<String>,
     pub url: String,
     /// Secret given inline; prefer `secret_file`.
     pub secret: Option<Secret>,
-    /// File holding the secret (`whsec_` followed by base64), read at start.
+    /// File holding the secret (`whsec_` followed by base64), read at start
+    /// and on reload.
     pub secret_file: Option<PathBuf>,
     /// Event names; empty means all.
     #[serde(default)]

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 /// `[tables]`: the four watched tables.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tables {
     pub jobs: JobsTable,
@@ -13,7 +13,7 @@ pub struct Tables {
 }
 
 /// `[tables.jobs]`: one row per job.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsTable {
     /// Qualified table name, such as `public.jobs`.
@@ -34,7 +34,7 @@ pub struct JobsTable {
 }
 
 /// `[tables.chats]`: the activity feed of each job.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatsTable {
     pub table: String,
@@ -55,7 +55,7 @@ pub struct ChatsTable {
 }
 
 /// `[tables.hes_scores]`: Home Energy Score assessments.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HesScoresTable {
     pub table: String,
@@ -67,7 +67,7 @@ pub struct HesScoresTable {
 }
 
 /// `[tables.tickets]`: workflow tickets.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TicketsTable {
     pub table: String,
@@ -80,7 +80,7 @@ pub struct TicketsTable {
 }
 
 /// `[subscriptions]`: the application's table of webhook subscriptions.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionsTable {
     pub table: String,

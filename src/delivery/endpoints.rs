@@ -13,6 +13,7 @@
 //! counts as two endpoints.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -36,7 +37,7 @@ pub enum EndpointOutcome {
 /// Requests in flight and breaker state of every endpoint in use.
 #[derive(Debug)]
 pub struct EndpointTable {
-    per_endpoint: usize,
+    per_endpoint: AtomicUsize,
     states: Mutex<HashMap<String, EndpointState>>,
 }
 
@@ -51,7 +52,7 @@ impl EndpointTable {
     /// per endpoint; 0 counts as 1.
     pub fn new(per_endpoint: usize) -> EndpointTable {
         EndpointTable {
-            per_endpoint: per_endpoint.max(1),
+            per_endpoint: AtomicUsize::new(per_endpoint.max(1)),
             states: Mutex::new(HashMap::new()),
         }
     }
@@ -59,19 +60,27 @@ impl EndpointTable {
     /// Returns the room of every endpoint for a claim at `now`: the requests
     /// that its limit or breaker still allows beyond those in flight.
     pub fn rooms(&self, now: Instant) -> EndpointRooms {
+        let per_endpoint = self.per_endpoint.load(Ordering::Relaxed);
         let states = self.lock();
         let rooms = states
             .iter()
             .filter_map(|(endpoint, state)| {
-                let allowed = state.breaker.allowed_in_flight(now, self.per_endpoint);
+                let allowed = state.breaker.allowed_in_flight(now, per_endpoint);
                 let room = allowed.saturating_sub(state.in_flight);
-                (room < self.per_endpoint).then(|| (endpoint.clone(), to_i32(room)))
+                (room < per_endpoint).then(|| (endpoint.clone(), to_i32(room)))
             })
             .collect();
         EndpointRooms {
             rooms,
-            default_room: to_i32(self.per_endpoint),
+            default_room: to_i32(per_endpoint),
         }
+    }
+
+    /// Changes the limit of requests in flight per endpoint for the claims
+    /// from now on; 0 counts as 1. Requests already in flight stay.
+    pub fn set_per_endpoint(&self, per_endpoint: usize) {
+        self.per_endpoint
+            .store(per_endpoint.max(1), Ordering::Relaxed);
     }
 
     /// Counts a request to `endpoint` in flight until the returned guard is

@@ -14,6 +14,7 @@ pub mod endpoints;
 pub mod guard;
 pub mod http;
 pub mod retry;
+pub mod settings;
 pub mod signing;
 pub mod worker;
 

@@ -16,17 +16,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rand::Rng;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::endpoints::{EndpointOutcome, EndpointTable};
-use super::http::{AttemptReport, HttpError, WebhookRequest, WebhookSender};
+use super::http::{AttemptReport, HttpError, WebhookRequest};
 use super::retry::{classify, next_delay, AttemptResult, Decision};
+use super::settings::{LiveSettings, Permits, SendSettings};
 use super::signing::{parse_secrets, SigningKey};
-use crate::config::DeliveryConfig;
+use crate::config::{Config, DeliveryConfig};
 use crate::queue::{AttemptRecord, ClaimedDelivery, DeliveryQueue, NextStep};
 use crate::routing::{Subscription, SubscriptionKey, Subscriptions};
 
@@ -46,17 +47,16 @@ const CLAIM_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 pub struct DeliveryWorkers {
     shared: Arc<Shared>,
     wake: Arc<Notify>,
-    concurrency: usize,
-    lease: Duration,
+    /// The configuration in force, when a reload may replace `[delivery]`.
+    live: Option<watch::Receiver<Arc<Config>>>,
 }
 
 /// State that every send task reads.
 struct Shared {
     client: Arc<Client>,
     queue: DeliveryQueue,
-    sender: WebhookSender,
     subscriptions: Arc<Subscriptions>,
-    retry_schedule: Vec<Duration>,
+    settings: LiveSettings,
     endpoints: Arc<EndpointTable>,
 }
 
@@ -77,29 +77,35 @@ impl DeliveryWorkers {
         let shared = Shared {
             client,
             queue: DeliveryQueue::new(schema),
-            sender: WebhookSender::new(config)?,
             subscriptions,
-            retry_schedule: config.retry_schedule.clone(),
+            settings: LiveSettings::new(SendSettings::new(config)?),
             endpoints: Arc::new(EndpointTable::new(config.per_endpoint_concurrency)),
         };
         Ok(DeliveryWorkers {
             shared: Arc::new(shared),
             wake,
-            concurrency: config.concurrency.max(1),
-            lease: config.timeout + LEASE_MARGIN,
+            live: None,
         })
+    }
+
+    /// Makes the workers apply the `[delivery]` section of every
+    /// configuration that `live` publishes.
+    pub fn follow(mut self, live: watch::Receiver<Arc<Config>>) -> DeliveryWorkers {
+        self.live = Some(live);
+        self
     }
 
     /// Runs until `shutdown` is cancelled, then waits for the requests in
     /// flight to finish and be recorded. Returns an error when the queue
     /// connection closes.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let permits = Arc::new(Semaphore::new(self.concurrency));
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let concurrency = self.shared.settings.current().concurrency();
+        let mut permits = Permits::new(concurrency);
         let mut in_flight = JoinSet::new();
-        info!(concurrency = self.concurrency, "delivery workers started");
+        info!(concurrency, "delivery workers started");
 
         let result = loop {
-            if let Err(err) = self.claim_and_spawn(&permits, &mut in_flight).await {
+            if let Err(err) = self.claim_and_spawn(permits.settle(), &mut in_flight).await {
                 if self.shared.client.is_closed() {
                     break Err(err).context("queue connection closed");
                 }
@@ -112,6 +118,7 @@ impl DeliveryWorkers {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
                 Some(joined) = in_flight.join_next() => log_join_error(joined),
+                Some(config) = next_config(&mut self.live) => self.apply(&config.delivery, &mut permits),
             }
         };
 
@@ -139,10 +146,11 @@ impl DeliveryWorkers {
         }
 
         let rooms = self.shared.endpoints.rooms(std::time::Instant::now());
+        let lease = self.shared.settings.current().lease();
         let claimed = self
             .shared
             .queue
-            .claim_due_within(&self.shared.client, free, self.lease, &rooms)
+            .claim_due_within(&self.shared.client, free, lease, &rooms)
             .await?;
         for delivery in claimed {
             let permit = Arc::clone(permits)
@@ -158,6 +166,49 @@ impl DeliveryWorkers {
         }
         Ok(())
     }
+}
+
+impl DeliveryWorkers {
+    /// Puts a reloaded `[delivery]` section in force for the attempts that
+    /// start from now on. A section whose HTTP client cannot be built leaves
+    /// the running settings in force.
+    fn apply(&self, config: &DeliveryConfig, permits: &mut Permits) {
+        if self.shared.settings.current().config == *config {
+            return;
+        }
+        let settings = match SendSettings::new(config) {
+            Ok(settings) => settings,
+            Err(err) => {
+                error!(error = %err, "reloaded [delivery] settings not applied, the running ones stay in force");
+                return;
+            }
+        };
+        permits.resize(settings.concurrency());
+        self.shared
+            .endpoints
+            .set_per_endpoint(config.per_endpoint_concurrency);
+        info!(
+            concurrency = settings.concurrency(),
+            per_endpoint_concurrency = config.per_endpoint_concurrency,
+            timeout_ms = config.timeout.as_millis(),
+            retry_schedule = ?config.retry_schedule,
+            "reloaded [delivery] settings applied"
+        );
+        self.shared.settings.replace(settings);
+    }
+}
+
+/// Waits for the next configuration that `live` publishes; waits forever
+/// without `live` or once its sender is gone.
+async fn next_config(live: &mut Option<watch::Receiver<Arc<Config>>>) -> Option<Arc<Config>> {
+    let Some(receiver) = live.as_mut() else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_err() {
+        *live = None;
+        return std::future::pending().await;
+    }
+    Some(Arc::clone(&receiver.borrow_and_update()))
 }
 
 impl Shared {
@@ -179,13 +230,24 @@ impl Shared {
             }
         };
 
+        if subscription.url != delivery.url {
+            debug!(
+                delivery_id = delivery.id,
+                subscription = %delivery.subscription,
+                "subscription URL changed since the delivery was stored, sending to the current URL"
+            );
+        }
+        // NOTE: the claim and the in-flight guard take the endpoint from the
+        // stored URL. So the attempts of a delivery whose URL changed count
+        // against the limit and circuit breaker of its stored URL's endpoint.
         let request = WebhookRequest {
-            url: &delivery.url,
+            url: &subscription.url,
             webhook_id: &delivery.webhook_id,
             body: &delivery.body,
             keys: &keys,
         };
-        let report = self.sender.send(&request).await;
+        let settings = self.settings.current();
+        let report = settings.sender.send(&request).await;
         debug!(
             delivery_id = delivery.id,
             subscription = %delivery.subscription,
@@ -213,7 +275,9 @@ impl Shared {
         let subscription = self
             .subscriptions
             .get(&key)
-            .ok_or_else(|| format!("subscription `{key}` no longer exists"))?;
+            .ok_or_else(|| {
+                format!("subscription `{key}` no longer exists: its row was deleted from the subscriptions table or its [[endpoints]] entry was removed")
+            })?;
         if !subscription.enabled {
             return Err(format!(
                 "subscription `{key}` is disabled in the application"
@@ -243,7 +307,7 @@ impl Shared {
         let jitter = rand::thread_rng().gen_range(-1.0..=1.0);
         let delay = next_delay(
             attempts_made,
-            &self.retry_schedule,
+            &self.settings.current().config.retry_schedule,
             report.retry_after,
             jitter,
         );

@@ -69,10 +69,10 @@ impl FromRequestParts<Arc<OpsState>> for Authorized {
         parts: &mut Parts,
         state: &Arc<OpsState>,
     ) -> Result<Self, Self::Rejection> {
-        let Some(token) = &state.admin_token else {
+        let Some(token) = state.admin_token() else {
             return Err(error(
                 StatusCode::NOT_FOUND,
-                "the admin API is off: set http.admin_token_file and restart walhook",
+                "the admin API is off: set http.admin_token_file and reload walhook (SIGHUP)",
             ));
         };
         let presented = parts

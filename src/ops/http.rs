@@ -5,7 +5,7 @@
 //! health checks need no authentication.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -25,7 +25,26 @@ pub struct OpsState {
     pub source: Arc<LazyClient>,
     pub schema: String,
     /// `None` when `http.admin_token_file` is unset: the admin API is off.
-    pub admin_token: Option<AdminToken>,
+    /// A reload replaces it.
+    pub admin_token: RwLock<Option<Arc<AdminToken>>>,
+}
+
+impl OpsState {
+    /// Returns the admin token in force.
+    pub fn admin_token(&self) -> Option<Arc<AdminToken>> {
+        self.admin_token
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the admin token; `None` turns the admin API off.
+    pub fn set_admin_token(&self, token: Option<AdminToken>) {
+        *self
+            .admin_token
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = token.map(Arc::new);
+    }
 }
 
 /// A failure to start the endpoint.
@@ -49,7 +68,7 @@ pub async fn start(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| HttpError::Bind { addr, source })?;
-    let admin_enabled = state.admin_token.is_some();
+    let admin_enabled = state.admin_token().is_some();
     let router = Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -11,10 +11,23 @@
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
+use std::sync::OnceLock;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+/// Handle that replaces the filter of the installed subscriber.
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Outcome of [`set_filter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterChange {
+    /// The new filter is in force.
+    Applied,
+    /// `RUST_LOG` is set and valid, so it stays in force.
+    OverriddenByEnv,
+}
 
 /// Installs the global subscriber; `RUST_LOG` overrides `filter`, which
 /// `Config::validate` has checked.
@@ -22,6 +35,8 @@ pub fn init(filter: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = FILTER.set(handle);
 
     // NOTE: no automated test covers the journald branch, because the test
     // machines run no journald; the stderr branch is what the tests see.
@@ -40,11 +55,32 @@ pub fn init(filter: &str) {
             }
         }
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
         .try_init();
+}
+
+/// Replaces the filter of the subscriber that [`init`] installed with
+/// `filter`, a `RUST_LOG`-style directive list, unless `RUST_LOG` overrides
+/// it. Returns an error naming the filter when it does not parse or no
+/// subscriber was installed.
+pub fn set_filter(filter: &str) -> Result<FilterChange, String> {
+    if EnvFilter::try_from_default_env().is_ok() {
+        return Ok(FilterChange::OverriddenByEnv);
+    }
+    let parsed = EnvFilter::try_new(filter)
+        .map_err(|err| format!("log filter `{filter}` is invalid: {err}"))?;
+    let handle = FILTER
+        .get()
+        .ok_or_else(|| format!("cannot apply log filter `{filter}`: logging is not set up"))?;
+    handle
+        .reload(parsed)
+        .map_err(|err| format!("cannot apply log filter `{filter}`: {err}"))?;
+    Ok(FilterChange::Applied)
 }
 
 /// Tells whether `JOURNAL_STREAM` names the device and inode of stderr.

@@ -15,6 +15,7 @@ mod lag;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod reload;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -39,27 +40,25 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub struct Ops {
     tasks: Vec<JoinHandle<()>>,
     stop: CancellationToken,
+    state: Arc<OpsState>,
 }
 
 /// Starts the operations endpoint and the systemd notifications. `shutdown`
 /// is the daemon's signal: when it fires, `STOPPING=1` goes out and `/readyz`
 /// turns 503, while `/metrics` keeps serving until [`Ops::stop`].
 pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Ops> {
-    let admin_token = match &config.http.admin_token_file {
-        Some(path) => Some(admin::AdminToken::new(read_token(path)?)),
-        None => None,
-    };
+    let admin_token = read_admin_token(config)?.map(Arc::new);
     let queue = Arc::new(LazyClient::new(config.queue_postgres()?, "queue"));
     let state = Arc::new(OpsState {
         queue: Arc::clone(&queue),
         source: Arc::new(LazyClient::new(config.source_postgres()?, "application")),
         schema: config.queue.schema.clone(),
-        admin_token,
+        admin_token: std::sync::RwLock::new(admin_token),
     });
     health::mark_progress();
 
     let stop = CancellationToken::new();
-    let mut tasks = vec![http::start(config.http.listen, state, stop.clone()).await?];
+    let mut tasks = vec![http::start(config.http.listen, Arc::clone(&state), stop.clone()).await?];
     tasks.push(tokio::spawn(notify::run_status(
         queue,
         config.queue.schema.clone(),
@@ -70,10 +69,16 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(announce_stopping(shutdown)));
-    Ok(Ops { tasks, stop })
+    Ok(Ops { tasks, stop, state })
 }
 
 impl Ops {
+    /// Returns the state of the operations endpoint, whose admin token a
+    /// reload replaces.
+    pub fn state(&self) -> Arc<OpsState> {
+        Arc::clone(&self.state)
+    }
+
     /// Stops the operations endpoint and waits for its tasks.
     pub async fn stop(self) {
         self.stop.cancel();
@@ -160,6 +165,14 @@ pub fn credential_path(path: &Path) -> PathBuf {
     match std::env::var_os("CREDENTIALS_DIRECTORY") {
         Some(directory) if path.is_relative() => Path::new(&directory).join(path),
         _ => path.to_owned(),
+    }
+}
+
+/// Reads the token of `http.admin_token_file`; `None` when the key is unset.
+pub fn read_admin_token(config: &Config) -> Result<Option<admin::AdminToken>, ConfigError> {
+    match &config.http.admin_token_file {
+        Some(path) => Ok(Some(admin::AdminToken::new(read_token(path)?))),
+        None => Ok(None),
     }
 }
 

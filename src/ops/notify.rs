@@ -1,7 +1,8 @@
 //! The systemd notification protocol (`sd_notify(3)`), for a `Type=notify`
 //! unit: `READY=1` once a replication session streams, `STATUS=` with lag and
-//! queue depth, `WATCHDOG=1` while the pipeline makes progress, and
-//! `STOPPING=1` when shutdown begins.
+//! queue depth, `WATCHDOG=1` while the pipeline makes progress,
+//! `RELOADING=1` and `READY=1` around a reload, and `STOPPING=1` when
+//! shutdown begins.
 //!
 //! Every message is a no-op when `NOTIFY_SOCKET` is unset, which is the case
 //! outside systemd.
@@ -26,6 +27,38 @@ pub fn ready() {
     if !READY_SENT.swap(true, Ordering::Relaxed) {
         send(&[NotifyState::Ready, NotifyState::Status("streaming")]);
     }
+}
+
+/// Sends `RELOADING=1` with `MONOTONIC_USEC`, the `CLOCK_MONOTONIC` time of
+/// the reload's start, which `Type=notify-reload` (systemd 253 and later)
+/// needs to match the notification to its reload request. Returns
+/// whether it was sent: before the first `READY=1` nothing is sent, because
+/// the `READY=1` that ends a reload would report a start that has not
+/// finished.
+pub fn reloading() -> bool {
+    if !READY_SENT.load(Ordering::Relaxed) {
+        return false;
+    }
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[
+            NotifyState::Reloading,
+            now,
+            NotifyState::Status("reloading configuration"),
+        ]),
+        Err(err) => {
+            tracing::warn!(error = %err, "reading CLOCK_MONOTONIC failed, RELOADING=1 not sent to systemd");
+            return false;
+        }
+    }
+    true
+}
+
+/// Sends `READY=1` to end a reload that [`reloading`] announced.
+pub fn reloaded() {
+    send(&[
+        NotifyState::Ready,
+        NotifyState::Status("configuration reloaded"),
+    ]);
 }
 
 /// Sends `STOPPING=1`.

@@ -15,14 +15,14 @@ mod stream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::pgoutput::{DecodeError, Oid};
 use crate::queue::OutboxError;
 use crate::replication::{Lsn, ReplicationError};
-use crate::routing::{subscriptions_table, Subscription, Subscriptions};
+use crate::routing::{subscriptions_table, Subscriptions};
 
 pub use processor::RuleFailure;
 pub use stream::StreamContext;
@@ -98,22 +98,27 @@ impl PipelineError {
     }
 }
 
-/// Runs the daemon until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let config = Arc::new(config);
-    let subscriptions = Arc::new(Subscriptions::default());
+/// Runs the daemon until `shutdown` is cancelled. `live` carries the
+/// configuration in force, which a reload replaces, and `subscriptions` is
+/// the registry that routing and delivery share.
+pub async fn run(
+    live: watch::Receiver<Arc<Config>>,
+    subscriptions: Arc<Subscriptions>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = Arc::clone(&live.borrow());
     load_subscriptions(&config, &subscriptions).await?;
 
     let deliveries_stored = Arc::new(Notify::new());
     let delivery = tokio::spawn(deliver(
-        Arc::clone(&config),
+        live.clone(),
         Arc::clone(&subscriptions),
         Arc::clone(&deliveries_stored),
         shutdown.clone(),
     ));
 
     let context = StreamContext {
-        config,
+        live,
         subscriptions,
         deliveries_stored,
         shutdown: shutdown.clone(),
@@ -135,14 +140,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// Runs the delivery workers, restarting them on a new queue connection when
 /// theirs fails, until shutdown.
 async fn deliver(
-    config: Arc<Config>,
+    live: watch::Receiver<Arc<Config>>,
     subscriptions: Arc<Subscriptions>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let mut delay = FIRST_RETRY_DELAY;
     while !shutdown.is_cancelled() {
-        match run_workers(&config, &subscriptions, &wake, &shutdown).await {
+        match run_workers(&live, &subscriptions, &wake, &shutdown).await {
             Ok(()) => return,
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), retry_in = ?delay, "delivery workers failed, restarting");
@@ -154,19 +159,21 @@ async fn deliver(
 }
 
 async fn run_workers(
-    config: &Config,
+    live: &watch::Receiver<Arc<Config>>,
     subscriptions: &Arc<Subscriptions>,
     wake: &Arc<Notify>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = stream::connect_queue(config).await?;
+    let config = Arc::clone(&live.borrow());
+    let client = stream::connect_queue(&config).await?;
     let workers = crate::delivery::DeliveryWorkers::new(
         Arc::new(client),
         &config.queue.schema,
         &config.delivery,
         Arc::clone(subscriptions),
         Arc::clone(wake),
-    )?;
+    )?
+    .follow(live.clone());
     workers.run(shutdown.clone()).await
 }
 
@@ -194,7 +201,7 @@ async fn replicate(context: Arc<StreamContext>) -> Result<(), PipelineError> {
 
         if err.is_slot_in_use() {
             if !waiting_for_slot {
-                tracing::info!(slot = %context.config.source.slot, "replication slot is in use by another process, waiting to take over");
+                tracing::info!(slot = %context.config().source.slot, "replication slot is in use by another process, waiting to take over");
                 waiting_for_slot = true;
             }
             crate::ops::replication_waiting("replication slot is in use by another process");
@@ -227,16 +234,14 @@ fn next_retry_delay(delay: Duration) -> Duration {
 /// Reloads the subscriptions table while another process streams from the slot, so
 /// this process's delivery workers see subscriptions changed meanwhile.
 async fn refresh_subscriptions(context: &StreamContext) {
-    if let Err(err) = load_subscriptions(&context.config, &context.subscriptions).await {
+    if let Err(err) = load_subscriptions(&context.config(), &context.subscriptions).await {
         tracing::warn!(error = %format!("{err:#}"), "reloading subscriptions failed");
     }
 }
 
 /// Loads the subscriptions table and the static endpoints.
 async fn load_subscriptions(config: &Config, subscriptions: &Subscriptions) -> anyhow::Result<()> {
-    for endpoint in &config.endpoints {
-        subscriptions.upsert(Subscription::from_endpoint(endpoint));
-    }
+    subscriptions.replace_endpoints(&config.endpoints);
     let client = connect_source(config).await?;
     let loaded = subscriptions_table::load_all(&client, &config.subscriptions, subscriptions)
         .await

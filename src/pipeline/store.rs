@@ -9,11 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::processor::{EventBatch, Processor};
 use super::PipelineError;
+use crate::config::Config;
 use crate::queue::{Outbox, Progress};
 use crate::replication::Lsn;
 use crate::routing::{route, NewDelivery, Subscriptions};
@@ -29,7 +30,8 @@ pub const FLUSH_DELIVERIES: usize = 1_000;
 pub struct Store {
     outbox: Outbox,
     subscriptions: Arc<Subscriptions>,
-    max_batch: usize,
+    /// The configuration in force, for `delivery.max_batch`.
+    live: watch::Receiver<Arc<Config>>,
     deliveries_stored: Arc<Notify>,
     pending: Vec<NewDelivery>,
     /// Progress of the last complete transaction whose deliveries are pending.
@@ -41,13 +43,13 @@ impl Store {
     pub fn new(
         outbox: Outbox,
         subscriptions: Arc<Subscriptions>,
-        max_batch: usize,
+        live: watch::Receiver<Arc<Config>>,
         deliveries_stored: Arc<Notify>,
     ) -> Store {
         Store {
             outbox,
             subscriptions,
-            max_batch,
+            live,
             deliveries_stored,
             pending: Vec::new(),
             pending_progress: None,
@@ -86,13 +88,8 @@ impl Store {
         } else {
             crate::ops::metrics::events_detected(&batch.events);
             let first = batch.first_event_index;
-            route(
-                lsn,
-                first,
-                &batch.events,
-                &self.subscriptions,
-                self.max_batch,
-            )
+            let max_batch = self.live.borrow().delivery.max_batch;
+            route(lsn, first, &batch.events, &self.subscriptions, max_batch)
         };
 
         let Some(end_lsn) = batch.end_lsn else {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::processor::Processor;
@@ -26,11 +26,20 @@ use crate::routing::Subscriptions;
 
 /// State that the streaming loop shares with the rest of the daemon.
 pub struct StreamContext {
-    pub config: Arc<Config>,
+    /// The configuration in force; a reload replaces it, except for the keys
+    /// that need a restart.
+    pub live: watch::Receiver<Arc<Config>>,
     pub subscriptions: Arc<Subscriptions>,
     /// Woken after each queue commit that stored deliveries.
     pub deliveries_stored: Arc<Notify>,
     pub shutdown: CancellationToken,
+}
+
+impl StreamContext {
+    /// Returns the configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.live.borrow())
+    }
 }
 
 struct Positions {
@@ -50,7 +59,7 @@ impl Positions {
 /// Streams until shutdown (`Ok`) or until the connection or a change fails.
 pub async fn stream_once(context: Arc<StreamContext>) -> Result<(), PipelineError> {
     let context = context.as_ref();
-    let config = &context.config;
+    let config = &context.config();
     let outbox = Outbox::new(
         connect_queue(config).await?,
         &config.queue.schema,
@@ -89,7 +98,7 @@ pub async fn stream_once(context: Arc<StreamContext>) -> Result<(), PipelineErro
     let mut store = Store::new(
         outbox,
         Arc::clone(&context.subscriptions),
-        config.delivery.max_batch,
+        context.live.clone(),
         Arc::clone(&context.deliveries_stored),
     );
     let mut status_timer = tokio::time::interval(config.source.status_interval);

@@ -14,7 +14,8 @@ use crate::payload::EventKind;
 pub enum SubscriptionKey {
     /// A row of the application's subscriptions table, by its id.
     App(i64),
-    /// An `[[endpoints]]` entry of config.toml, by a hash of its URL.
+    /// An `[[endpoints]]` entry of config.toml, by its `id`, or without one
+    /// by a hash of its URL.
     Endpoint(String),
 }
 
@@ -27,6 +28,15 @@ impl SubscriptionKey {
             .map(|byte| format!("{byte:02x}"))
             .collect();
         SubscriptionKey::Endpoint(hex)
+    }
+
+    /// Returns the key of an `[[endpoints]]` entry: its `id` when set, else
+    /// the hash of its URL.
+    pub fn of_endpoint(endpoint: &crate::config::EndpointConfig) -> SubscriptionKey {
+        match &endpoint.id {
+            Some(id) => SubscriptionKey::Endpoint(id.clone()),
+            None => SubscriptionKey::for_endpoint(&endpoint.url),
+        }
     }
 
     /// Parses the text form written by `Display` (`sub_42`, `endpoint_1a2b3c4d5e6f`).
@@ -120,6 +130,33 @@ impl Subscriptions {
         map.remove(key);
     }
 
+    /// Makes the static endpoints those of `endpoints`: adds or replaces each
+    /// entry and removes the endpoints no longer listed. Returns the keys of
+    /// the removed endpoints.
+    pub fn replace_endpoints(
+        &self,
+        endpoints: &[crate::config::EndpointConfig],
+    ) -> Vec<SubscriptionKey> {
+        let listed: Vec<Subscription> = endpoints.iter().map(Subscription::from_endpoint).collect();
+        let mut map = self
+            .by_key
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let removed: Vec<SubscriptionKey> = map
+            .keys()
+            .filter(|key| matches!(key, SubscriptionKey::Endpoint(_)))
+            .filter(|key| listed.iter().all(|subscription| &subscription.key != *key))
+            .cloned()
+            .collect();
+        for key in &removed {
+            map.remove(key);
+        }
+        for subscription in listed {
+            map.insert(subscription.key.clone(), Arc::new(subscription));
+        }
+        removed
+    }
+
     /// Returns the enabled subscriptions of the given owners, and every static
     /// endpoint, that want `kind`, sorted by key.
     pub fn matching(&self, owners: &[Owner], kind: EventKind) -> Vec<Arc<Subscription>> {
@@ -157,7 +194,7 @@ impl Subscription {
             .filter_map(|name| EventKind::from_name(name))
             .collect();
         Subscription {
-            key: SubscriptionKey::for_endpoint(&endpoint.url),
+            key: SubscriptionKey::of_endpoint(endpoint),
             owner: Owner::Everyone,
             url: endpoint.url.clone(),
             secrets,
@@ -168,5 +205,72 @@ impl Subscription {
             },
             enabled: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EndpointConfig;
+
+    fn endpoint(id: Option<&str>, url: &str, secret: &str) -> EndpointConfig {
+        EndpointConfig {
+            id: id.map(str::to_owned),
+            url: url.to_owned(),
+            secret: Some(Secret::new(secret.to_owned())),
+            secret_file: None,
+            events: Vec::new(),
+        }
+    }
+
+    fn app_subscription(id: i64) -> Subscription {
+        Subscription {
+            key: SubscriptionKey::App(id),
+            owner: Owner::Company(1),
+            url: "https://hooks.example.com/app".to_owned(),
+            secrets: Vec::new(),
+            events: None,
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn endpoint_with_id_keeps_key_on_new_url() {
+        let subscriptions = Subscriptions::default();
+        subscriptions.replace_endpoints(&[endpoint(Some("hooks"), "https://a.example/x", "s1")]);
+        let removed = subscriptions.replace_endpoints(&[endpoint(
+            Some("hooks"),
+            "https://b.example/x",
+            "s2",
+        )]);
+
+        assert!(removed.is_empty(), "{removed:?}");
+        let key = SubscriptionKey::Endpoint("hooks".to_owned());
+        let current = subscriptions.get(&key).expect("the endpoint stays");
+        assert_eq!(current.url, "https://b.example/x");
+        assert_eq!(current.secrets, [Secret::new("s2".to_owned())]);
+    }
+
+    #[test]
+    fn endpoint_without_id_is_replaced_on_new_url() {
+        let subscriptions = Subscriptions::default();
+        subscriptions.upsert(app_subscription(7));
+        subscriptions.replace_endpoints(&[endpoint(None, "https://a.example/x", "s1")]);
+        let removed =
+            subscriptions.replace_endpoints(&[endpoint(None, "https://b.example/x", "s1")]);
+
+        assert_eq!(
+            removed,
+            [SubscriptionKey::for_endpoint("https://a.example/x")]
+        );
+        let new_key = SubscriptionKey::for_endpoint("https://b.example/x");
+        assert!(
+            subscriptions.get(&new_key).is_some(),
+            "the new URL is listed"
+        );
+        assert!(
+            subscriptions.get(&SubscriptionKey::App(7)).is_some(),
+            "application subscriptions stay"
+        );
     }
 }

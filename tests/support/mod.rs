@@ -246,6 +246,34 @@ impl Daemon {
         self.child.as_mut()?.try_wait().ok().flatten()
     }
 
+    /// Replaces the config file, which the daemon reads again on SIGHUP.
+    pub fn write_config(&self, config: &str) {
+        fs::write(self.config_path(), config).expect("the config file is writable");
+    }
+
+    /// Sends SIGHUP and waits until the daemon logs `expected` more often
+    /// than before the signal, panicking after `timeout` with the log.
+    pub async fn reload_and_wait(&self, expected: &str, timeout: Duration) {
+        let before = self.log().matches(expected).count();
+        self.signal(Signal::SIGHUP);
+        self.wait_for_log(expected, before + 1, timeout).await;
+    }
+
+    /// Waits until the log contains `expected` at least `count` times,
+    /// panicking after `timeout` with the log. It sleeps without blocking, so
+    /// a receiver on the test's runtime keeps responding.
+    pub async fn wait_for_log(&self, expected: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log().matches(expected).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not log `{expected}` {count} times within {timeout:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Writes the config file into a new temporary directory, without starting anything.
     fn with_config(config: &str) -> Daemon {
         let dir = tempfile::Builder::new()
