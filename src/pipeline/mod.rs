@@ -194,7 +194,7 @@ async fn replicate(context: Arc<StreamContext>) -> Result<(), PipelineError> {
         };
 
         if err.is_fatal() {
-            tracing::error!(error = %err, slot = %context.config.source.slot, "replication cannot continue, stopping");
+            tracing::error!(error = %err, slot = %context.config().source.slot, "replication cannot continue, stopping");
             crate::ops::replication_failed(&err);
             return Err(err);
         }
