@@ -5,6 +5,7 @@
 //! restarts the whole stream from the stored position with a fresh relation
 //! cache, after a capped exponential backoff.
 
+mod accounts;
 mod processor;
 mod slot;
 mod store;
