@@ -82,12 +82,20 @@ impl ObjectWriter {
         JsonItem(text)
     }
 
+    /// Writes `key` as is: keys are names from the payload documentation,
+    /// which need no escaping.
     fn key(&mut self, key: &str) {
+        debug_assert!(
+            !key.bytes()
+                .any(|byte| byte == b'"' || byte == b'\\' || byte < 0x20),
+            "key `{key}` needs escaping"
+        );
         if self.text.len() > 1 {
             self.text.push(',');
         }
-        push_string(&mut self.text, key);
-        self.text.push(':');
+        self.text.push('"');
+        self.text.push_str(key);
+        self.text.push_str("\":");
     }
 }
 
