@@ -294,6 +294,11 @@ stop_walhook() {
     WALHOOK_PID=
 }
 
+# CPU time (user + system) of a process so far, in seconds.
+cpu_seconds() {
+    awk -v ticks="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / ticks }' "/proc/$1/stat"
+}
+
 # Peak resident set size of a process so far, in MB.
 peak_rss_mb() {
     awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
@@ -344,11 +349,13 @@ for run in $(seq "$REPEAT"); do
     start_walhook "$run"
     wait_caught_up "$run" "$END_LSN" "$CATCH_UP_TIMEOUT"
     walhook_seconds=$(seconds_between "$(now)" "$started")
+    cpu=$(cpu_seconds "$WALHOOK_PID")
     rss=$(peak_rss_mb "$WALHOOK_PID")
     queued=$(query "SELECT count(*) FROM walhook_$run.deliveries")
     [ "$queued" = "$DELIVERIES" ] || fail "walhook queued $queued deliveries, expected $DELIVERIES"
     result "catch-up $run: walhook (s)" "$walhook_seconds (load $(load_average))"
     result "catch-up $run: ratio walhook / pg_recvlogical" "$(python3 -c "print(f'{$walhook_seconds / $recv_seconds:.1f}')")"
+    result "catch-up $run: walhook CPU time (s)" "$cpu"
     result "catch-up $run: walhook peak RSS (MB)" "$rss"
     result "catch-up $run: delivered during catch-up" "$(receiver_stat requests) of $DELIVERIES"
     stop_walhook
