@@ -10,6 +10,7 @@ mod processor;
 mod slot;
 mod store;
 mod stream;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,8 @@ pub enum PipelineError {
     StreamEnded,
     #[error("replication task panicked: {0}")]
     Panicked(String),
+    #[error("queue writer task stopped")]
+    WriterStopped,
 }
 
 impl PipelineError {

@@ -105,12 +105,17 @@ pub async fn stream_once(context: Arc<StreamContext>) -> Result<(), PipelineErro
         tokio::select! {
             biased;
             _ = context.shutdown.cancelled() => {
-                positions.confirm(store.flush(&mut processor).await?);
+                positions.confirm(store.finish(&mut processor).await?);
                 send_status(&mut stream, &positions, false).await?;
                 tracing::info!(lsn = %positions.confirmed, "replication stopped");
                 return Ok(());
             }
-            _ = sleep_until_or_never(flush_at) => positions.confirm(store.flush(&mut processor).await?),
+            stored = store.next_stored() => {
+                positions.confirm(Some(stored?));
+                // Hand over what gathered while the writer was busy.
+                store.flush(&mut processor).await?;
+            }
+            _ = sleep_until_or_never(flush_at) => store.flush(&mut processor).await?,
             _ = status_timer.tick() => send_status(&mut stream, &positions, false).await?,
             message = stream.next_message() => {
                 let Some(message) = message? else {
