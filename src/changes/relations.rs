@@ -62,10 +62,11 @@ impl Relation {
     }
 }
 
-/// FNV-1a, which hashes short keys several times faster than the standard
-/// SipHash. Rules look up several columns by name in every change. The names
-/// come from the server's Relation messages, so SipHash's resistance to
-/// chosen colliding keys is not needed.
+/// FNV-1a, a cheaper hash than the standard SipHash for short keys. Rules look
+/// up several columns by name in every change, and with SipHash these lookups
+/// took about a tenth of a catch-up's instructions under callgrind. The names
+/// come from the server's Relation messages, so SipHash's resistance to chosen
+/// colliding keys is not needed.
 struct ColumnNameHasher(u64);
 
 impl Default for ColumnNameHasher {
