@@ -299,6 +299,17 @@ cpu_seconds() {
     awk -v ticks="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / ticks }' "/proc/$1/stat"
 }
 
+# Prints one line per server process of the role walhook: CPU time so far,
+# backend type and the start of its last query. These are the walsender, the
+# outbox and delivery connections to the queue and the lookup connection.
+walhook_backends_cpu() {
+    query "SELECT pid, backend_type, left(regexp_replace(query, '\s+', ' ', 'g'), 40)
+           FROM pg_stat_activity WHERE usename = 'walhook' ORDER BY pid" |
+        while IFS='|' read -r pid type last_query; do
+            printf '%s s  %s  %s\n' "$(cpu_seconds "$pid" 2>/dev/null || echo '?')" "$type" "$last_query"
+        done
+}
+
 # Peak resident set size of a process so far, in MB.
 peak_rss_mb() {
     awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
@@ -351,12 +362,16 @@ for run in $(seq "$REPEAT"); do
     walhook_seconds=$(seconds_between "$(now)" "$started")
     cpu=$(cpu_seconds "$WALHOOK_PID")
     rss=$(peak_rss_mb "$WALHOOK_PID")
+    walhook_backends_cpu >"$WORK/backends_$run.txt"
     queued=$(query "SELECT count(*) FROM walhook_$run.deliveries")
     [ "$queued" = "$DELIVERIES" ] || fail "walhook queued $queued deliveries, expected $DELIVERIES"
     result "catch-up $run: walhook (s)" "$walhook_seconds (load $(load_average))"
     result "catch-up $run: ratio walhook / pg_recvlogical" "$(python3 -c "print(f'{$walhook_seconds / $recv_seconds:.1f}')")"
     result "catch-up $run: walhook CPU time (s)" "$cpu"
     result "catch-up $run: walhook peak RSS (MB)" "$rss"
+    while read -r line; do
+        result "catch-up $run: server process CPU" "$line"
+    done <"$WORK/backends_$run.txt"
     result "catch-up $run: delivered during catch-up" "$(receiver_stat requests) of $DELIVERIES"
     stop_walhook
 done
