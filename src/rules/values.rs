@@ -179,8 +179,12 @@ fn parse_timestamp(text: &str) -> Result<NaiveDateTime, ValueError> {
         text: text.to_owned(),
     };
 
-    let lowercase = text.to_ascii_lowercase();
-    if lowercase == "infinity" || lowercase == "-infinity" || lowercase.ends_with(" bc") {
+    let is_bc = text
+        .len()
+        .checked_sub(3)
+        .and_then(|start| text.get(start..))
+        .is_some_and(|end| end.eq_ignore_ascii_case(" bc"));
+    if text.eq_ignore_ascii_case("infinity") || text.eq_ignore_ascii_case("-infinity") || is_bc {
         return Err(out_of_range());
     }
 
