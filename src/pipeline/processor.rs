@@ -241,11 +241,7 @@ impl Processor {
     ) -> Result<Vec<Event>, RuleFailure> {
         let tables = &self.config.tables;
         match role {
-            TableRole::Jobs => {
-                let events = rules::jobs::events(change, &tables.jobs)?;
-                self.track_job(change)?;
-                Ok(events)
-            }
+            TableRole::Jobs => self.job_events(change),
             TableRole::Chats => {
                 let Some(table) = tables.chats.clone() else {
                     return Ok(Vec::new());
@@ -306,16 +302,19 @@ impl Processor {
         }
     }
 
-    fn track_job(&mut self, change: &RowChange) -> Result<(), RuleFailure> {
+    /// Returns the events of a jobs change and keeps the job directory up to
+    /// date with the job's row.
+    fn job_events(&mut self, change: &RowChange) -> Result<Vec<Event>, RuleFailure> {
         let table = &self.config.tables.jobs;
         if change.kind == ChangeKind::Delete {
             let job = rules::jobs::job_info(change, table, Side::Old)?;
             self.jobs.forget(job.id);
-        } else {
-            self.jobs
-                .remember(rules::jobs::job_info(change, table, Side::New)?);
+            return Ok(Vec::new());
         }
-        Ok(())
+        let job = rules::jobs::job_info(change, table, Side::New)?;
+        let events = rules::jobs::events_of_job(change, table, &job)?;
+        self.jobs.remember(job);
+        Ok(events)
     }
 
     async fn job_of(&mut self, job_id: i64) -> Result<Option<JobInfo>, RuleFailure> {

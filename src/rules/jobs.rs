@@ -11,9 +11,23 @@ use crate::routing::Owner;
 
 /// Returns the events of one jobs row change, in a fixed order.
 pub fn events(change: &RowChange, table: &JobsTable) -> Result<Vec<Event>, RuleError> {
+    if change.kind == ChangeKind::Delete {
+        return Ok(Vec::new());
+    }
+    let job = job_info(change, table, Side::New)?;
+    events_of_job(change, table, &job)
+}
+
+/// Returns the events of one jobs row change like [`events`], given the job
+/// that [`job_info`] read from its new row.
+pub fn events_of_job(
+    change: &RowChange,
+    table: &JobsTable,
+    job: &JobInfo,
+) -> Result<Vec<Event>, RuleError> {
     match change.kind {
-        ChangeKind::Insert => Ok(vec![created(change, table)?]),
-        ChangeKind::Update => updated(change, table),
+        ChangeKind::Insert => Ok(vec![job_event(EventKind::NewJobCreated, job, id_item(job))]),
+        ChangeKind::Update => updated(change, table, job),
         ChangeKind::Delete => Ok(Vec::new()),
     }
 }
@@ -38,33 +52,23 @@ pub fn job_info(change: &RowChange, table: &JobsTable, side: Side) -> Result<Job
     })
 }
 
-fn created(change: &RowChange, table: &JobsTable) -> Result<Event, RuleError> {
-    let job = job_info(change, table, Side::New)?;
-    Ok(job_event(EventKind::NewJobCreated, &job, id_item(&job)))
-}
-
-fn updated(change: &RowChange, table: &JobsTable) -> Result<Vec<Event>, RuleError> {
-    let job = job_info(change, table, Side::New)?;
+fn updated(change: &RowChange, table: &JobsTable, job: &JobInfo) -> Result<Vec<Event>, RuleError> {
     let mut events = Vec::new();
 
     if change.changed(&table.stage)? {
         events.push(job_event(
             EventKind::StageChanged,
-            &job,
+            job,
             stage_item(change, table, job.id)?,
         ));
     }
     if let Some(column) = &table.first_modeled {
         if is_first_modeling(change, column)? {
-            events.push(job_event(
-                EventKind::JobFirstTimeModeled,
-                &job,
-                id_item(&job),
-            ));
+            events.push(job_event(EventKind::JobFirstTimeModeled, job, id_item(job)));
         }
     }
     if any_changed(change, &table.address)? {
-        events.push(job_event(EventKind::AddressChanged, &job, id_item(&job)));
+        events.push(job_event(EventKind::AddressChanged, job, id_item(job)));
     }
     if change.changed(&table.account)? {
         let item = ObjectWriter::new()
@@ -79,10 +83,10 @@ fn updated(change: &RowChange, table: &JobsTable) -> Result<Vec<Event>, RuleErro
                 &read(change, Side::New, &table.account, Format::Integer)?,
             )
             .finish();
-        events.push(job_event(EventKind::JobTransferred, &job, item));
+        events.push(job_event(EventKind::JobTransferred, job, item));
     }
     if change.changed(&table.company)? {
-        events.push(company_transfer(change, table, &job)?);
+        events.push(company_transfer(change, table, job)?);
     }
     Ok(events)
 }
