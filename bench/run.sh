@@ -2,10 +2,12 @@
 # Benchmarks walhook on a throwaway PostgreSQL cluster: catch-up against
 # pg_recvlogical, delivery rate, commit-to-receipt latency and peak memory.
 #
-# usage: bench/run.sh [--quick] [--profile]
-#   --quick    about 5,000 changes and short phases, no targets (for CI)
-#   --profile  also run a quick-sized catch-up under valgrind's callgrind and
-#              print the top functions
+# usage: bench/run.sh [--quick] [--profile] [--skip-delivery]
+#   --quick          about 5,000 changes and short phases, no targets (for CI)
+#   --profile        also run a quick-sized catch-up under valgrind's callgrind
+#                    and print the top functions
+#   --skip-delivery  skip the delivery and latency phases, so only catch-up
+#                    and memory (and the profile, if asked) run
 #
 # Environment: PG_BIN (server binaries, default the newest
 # /usr/lib/postgresql/*/bin), BENCH_REPEAT (catch-up repetitions, default 3,
@@ -17,11 +19,13 @@ set -euo pipefail
 
 MODE=full
 PROFILE=false
+DELIVERY_PHASES=true
 for arg in "$@"; do
     case "$arg" in
         --quick) MODE=quick ;;
         --profile) PROFILE=true ;;
-        *) echo "bench/run.sh: unknown option \`$arg\`; use --quick or --profile" >&2; exit 2 ;;
+        --skip-delivery) DELIVERY_PHASES=false ;;
+        *) echo "bench/run.sh: unknown option \`$arg\`; use --quick, --profile or --skip-delivery" >&2; exit 2 ;;
     esac
 done
 
@@ -290,6 +294,22 @@ stop_walhook() {
     WALHOOK_PID=
 }
 
+# CPU time (user + system) of a process so far, in seconds.
+cpu_seconds() {
+    awk -v ticks="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / ticks }' "/proc/$1/stat"
+}
+
+# Prints one line per server process of the role walhook: CPU time so far,
+# backend type and the start of its last query. These are the walsender, the
+# outbox and delivery connections to the queue and the lookup connection.
+walhook_backends_cpu() {
+    query "SELECT pid, backend_type, left(regexp_replace(query, '\s+', ' ', 'g'), 40)
+           FROM pg_stat_activity WHERE usename = 'walhook' ORDER BY pid" |
+        while IFS='|' read -r pid type last_query; do
+            printf '%s s  %s  %s\n' "$(cpu_seconds "$pid" 2>/dev/null || echo '?')" "$type" "$last_query"
+        done
+}
+
 # Peak resident set size of a process so far, in MB.
 peak_rss_mb() {
     awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
@@ -340,58 +360,81 @@ for run in $(seq "$REPEAT"); do
     start_walhook "$run"
     wait_caught_up "$run" "$END_LSN" "$CATCH_UP_TIMEOUT"
     walhook_seconds=$(seconds_between "$(now)" "$started")
+    cpu=$(cpu_seconds "$WALHOOK_PID")
     rss=$(peak_rss_mb "$WALHOOK_PID")
+    walhook_backends_cpu >"$WORK/backends_$run.txt"
     queued=$(query "SELECT count(*) FROM walhook_$run.deliveries")
     [ "$queued" = "$DELIVERIES" ] || fail "walhook queued $queued deliveries, expected $DELIVERIES"
     result "catch-up $run: walhook (s)" "$walhook_seconds (load $(load_average))"
     result "catch-up $run: ratio walhook / pg_recvlogical" "$(python3 -c "print(f'{$walhook_seconds / $recv_seconds:.1f}')")"
+    result "catch-up $run: walhook CPU time (s)" "$cpu"
     result "catch-up $run: walhook peak RSS (MB)" "$rss"
+    while read -r line; do
+        result "catch-up $run: server process CPU" "$line"
+    done <"$WORK/backends_$run.txt"
     result "catch-up $run: delivered during catch-up" "$(receiver_stat requests) of $DELIVERIES"
     stop_walhook
 done
 
 # --- 2. delivery ------------------------------------------------------------------
 
-step "delivery: receiver ceiling, 64 connections for ${RECEIVER_LOAD_SECONDS}s"
-result "receiver ceiling (requests/s)" "$("$RECEIVER" load "$RECEIVER_URL/hook/ceiling" "$RECEIVER_LOAD_SECONDS" 64) (load $(load_average))"
+# Measures the receiver's ceiling, then sends the queued deliveries of run 1
+# again.
+delivery_phase() {
+    step "delivery: receiver ceiling, 64 connections for ${RECEIVER_LOAD_SECONDS}s"
+    result "receiver ceiling (requests/s)" "$("$RECEIVER" load "$RECEIVER_URL/hook/ceiling" "$RECEIVER_LOAD_SECONDS" 64) (load $(load_average))"
 
-step "delivery: the $DELIVERIES queued deliveries of run 1 again, for at most ${DELIVERY_SECONDS}s"
-psql_db app >/dev/null <<EOF
+    step "delivery: the $DELIVERIES queued deliveries of run 1 again, for at most ${DELIVERY_SECONDS}s"
+    psql_db app >/dev/null <<EOF
 UPDATE walhook_1.deliveries
 SET status = 'pending', attempts = 0, next_attempt_at = now(), delivered_at = NULL,
     last_status = NULL, last_error = NULL;
 TRUNCATE walhook_1.attempts;
 VACUUM ANALYZE walhook_1.deliveries, walhook_1.attempts;
 EOF
-curl -sf -X POST "$RECEIVER_URL/reset"
-start_walhook 1
-wait_delivered 1 "$DELIVERY_SECONDS" || true
-stop_walhook
-sent=$(receiver_stat requests)
-window_ms=$(($(receiver_stat last_unix_ms) - $(receiver_stat first_unix_ms)))
-result "delivery: webhooks received" "$sent of $DELIVERIES"
-result "delivery: webhooks/s" "$(python3 -c "print(round($sent / max($window_ms, 1) * 1000))") (load $(load_average))"
+    curl -sf -X POST "$RECEIVER_URL/reset"
+    start_walhook 1
+    wait_delivered 1 "$DELIVERY_SECONDS" || true
+    stop_walhook
+    sent=$(receiver_stat requests)
+    window_ms=$(($(receiver_stat last_unix_ms) - $(receiver_stat first_unix_ms)))
+    result "delivery: webhooks received" "$sent of $DELIVERIES"
+    result "delivery: webhooks/s" "$(python3 -c "print(round($sent / max($window_ms, 1) * 1000))") (load $(load_average))"
+}
 
 # --- 3. latency ---------------------------------------------------------------------
 
-step "latency: $LATENCY_RATE transactions/s for ${LATENCY_SECONDS}s"
-query "UPDATE walhook_1.deliveries SET status = 'delivered' WHERE status = 'pending'" >/dev/null
-query "VACUUM ANALYZE walhook_1.deliveries" >/dev/null
-cat >"$WORK/latency.sql" <<'EOF'
+# Measures commit-to-receipt latency of single stage updates at a fixed rate.
+latency_phase() {
+    step "latency: $LATENCY_RATE transactions/s for ${LATENCY_SECONDS}s"
+    query "UPDATE walhook_1.deliveries SET status = 'delivered' WHERE status = 'pending'" >/dev/null
+    query "VACUUM ANALYZE walhook_1.deliveries" >/dev/null
+    cat >"$WORK/latency.sql" <<'EOF'
 \set id random(1, :max_id)
 UPDATE jobs SET stage_id = stage_id % 10 + 1, stage_changed_at = clock_timestamp() WHERE id = :id;
 EOF
-start_walhook 1
-sleep 2
-curl -sf -X POST "$RECEIVER_URL/reset"
-"$PG_BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -n -c 4 -j 2 -R "$LATENCY_RATE" \
-    -T "$LATENCY_SECONDS" -D max_id="$((INSERT_TXS * 100))" -f "$WORK/latency.sql" app \
-    >"$WORK/pgbench.log" 2>&1 || fail "pgbench failed, see $WORK/pgbench.log"
-wait_delivered 1 30 || fail "latency: deliveries still pending 30 s after the load"
-stop_walhook
-result "latency: transactions (pgbench)" "$(awk '/number of transactions actually processed/ { print $6 }' "$WORK/pgbench.log")"
-result "latency: webhooks received" "$(receiver_stat latency_samples)"
-result "latency: p50 / p99 / max (ms)" "$(receiver_stat latency_p50_ms) / $(receiver_stat latency_p99_ms) / $(receiver_stat latency_max_ms) (load $(load_average))"
+    start_walhook 1
+    sleep 2
+    curl -sf -X POST "$RECEIVER_URL/reset"
+    "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -n -c 4 -j 2 -R "$LATENCY_RATE" \
+        -T "$LATENCY_SECONDS" -D max_id="$((INSERT_TXS * 100))" -f "$WORK/latency.sql" app \
+        >"$WORK/pgbench.log" 2>&1 || fail "pgbench failed, see $WORK/pgbench.log"
+    wait_delivered 1 30 || fail "latency: deliveries still pending 30 s after the load"
+    stop_walhook
+    result "latency: transactions (pgbench)" "$(awk '/number of transactions actually processed/ { print $6 }' "$WORK/pgbench.log")"
+    result "latency: webhooks received" "$(receiver_stat latency_samples)"
+    result "latency: p50 / p99 / max (ms)" "$(receiver_stat latency_p50_ms) / $(receiver_stat latency_p99_ms) / $(receiver_stat latency_max_ms) (load $(load_average))"
+}
+
+if [ "$DELIVERY_PHASES" = true ]; then
+    delivery_phase
+    latency_phase
+else
+    # The memory phase then starts from an empty queue, as after the latency
+    # phase.
+    query "UPDATE walhook_1.deliveries SET status = 'delivered' WHERE status = 'pending'" >/dev/null
+    query "VACUUM ANALYZE walhook_1.deliveries" >/dev/null
+fi
 
 # --- 4. memory in one large transaction ----------------------------------------------
 

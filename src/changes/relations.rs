@@ -5,6 +5,7 @@
 //! name through the latest message, never by position at start-up.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::config::QualifiedName;
@@ -18,7 +19,7 @@ pub struct Relation {
     pub replica_identity: ReplicaIdentity,
     column_names: Vec<String>,
     key_columns: Vec<bool>,
-    column_index: HashMap<String, usize>,
+    column_index: HashMap<String, usize, BuildHasherDefault<ColumnNameHasher>>,
 }
 
 impl Relation {
@@ -58,6 +59,31 @@ impl Relation {
     /// Returns the column names in tuple order.
     pub fn column_names(&self) -> &[String] {
         &self.column_names
+    }
+}
+
+/// FNV-1a, a cheaper hash than the standard SipHash for short keys. Rules look
+/// up several columns by name in every change, and with SipHash these lookups
+/// took about a tenth of a catch-up's instructions under callgrind. The names
+/// come from the server's Relation messages, so SipHash's resistance to chosen
+/// colliding keys is not needed.
+struct ColumnNameHasher(u64);
+
+impl Default for ColumnNameHasher {
+    fn default() -> Self {
+        ColumnNameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for ColumnNameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
     }
 }
 

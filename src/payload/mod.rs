@@ -4,17 +4,15 @@
 //! with the array key of its kind (`jobs`, `data`, `hesData`, `tickets`).
 //! Keys keep the order of the application's documentation.
 
+mod json;
 mod kind;
 
+pub use json::{JsonItem, ObjectWriter};
 pub use kind::EventKind;
 
-use serde_json::{json, Map, Value};
-
 /// Returns the body of one webhook of `kind` carrying `items`.
-pub fn webhook_body(kind: EventKind, items: &[Value]) -> String {
-    let mut payload = Map::new();
-    payload.insert(kind.array_key().to_owned(), Value::Array(items.to_vec()));
-    json!({ "event": kind.as_str(), "payload": payload }).to_string()
+pub fn webhook_body<'a>(kind: EventKind, items: impl IntoIterator<Item = &'a JsonItem>) -> String {
+    json::envelope(kind.as_str(), kind.array_key(), items)
 }
 
 #[cfg(test)]
@@ -23,7 +21,8 @@ mod tests {
 
     #[test]
     fn body_has_documented_envelope() {
-        let body = webhook_body(EventKind::HesScoreObtained, &[json!({"jobId": 1})]);
+        let item = ObjectWriter::new().integer("jobId", 1).finish();
+        let body = webhook_body(EventKind::HesScoreObtained, [&item]);
         assert_eq!(
             body,
             r#"{"event":"HES_SCORE_OBTAINED","payload":{"hesData":[{"jobId":1}]}}"#

@@ -7,10 +7,12 @@
 //! from (invalidated, or made for another plugin) stops the daemon with that
 //! error instead, because only the operator can fix it.
 
+mod accounts;
 mod processor;
 mod slot;
 mod store;
 mod stream;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +82,8 @@ pub enum PipelineError {
     Panicked(String),
     #[error(transparent)]
     Injected(#[from] crate::ops::failpoint::InjectedError),
+    #[error("queue writer task stopped")]
+    WriterStopped,
 }
 
 impl PipelineError {

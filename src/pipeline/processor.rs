@@ -9,14 +9,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
+use super::accounts::AccountNames;
 use super::PipelineError;
 use crate::changes::{ChangeKind, RelationCache, RowChange};
 use crate::config::{Config, QualifiedName};
 use crate::pgoutput::{LogicalMessageBody, Message, Oid, OldTuple, TupleData};
 use crate::replication::Lsn;
-use crate::routing::{id_param, subscriptions_table, JobDirectory, Subscriptions};
+use crate::routing::{subscriptions_table, JobDirectory, Subscriptions};
 use crate::rules::{self, Event, JobInfo, Side};
 
 /// The role of a published table in config.toml.
@@ -66,7 +67,7 @@ pub struct Processor {
     jobs: JobDirectory,
     subscriptions: Arc<Subscriptions>,
     lookups: Client,
-    account_name: Option<Statement>,
+    account_names: AccountNames,
     /// Commit LSN of the last transaction stored in the queue.
     stored_commit_lsn: Lsn,
     /// Commit LSNs of the transactions the operator chose to skip.
@@ -85,11 +86,11 @@ impl Processor {
         Processor {
             roles: table_roles(&config),
             jobs: JobDirectory::new(config.tables.jobs.clone()),
+            account_names: AccountNames::new(account_full_name_sql(&config)),
             config,
             relations: RelationCache::default(),
             subscriptions,
             lookups,
-            account_name: None,
             stored_commit_lsn,
             skipped,
             open: None,
@@ -240,11 +241,7 @@ impl Processor {
     ) -> Result<Vec<Event>, RuleFailure> {
         let tables = &self.config.tables;
         match role {
-            TableRole::Jobs => {
-                let events = rules::jobs::events(change, &tables.jobs)?;
-                self.track_job(change)?;
-                Ok(events)
-            }
+            TableRole::Jobs => self.job_events(change),
             TableRole::Chats => {
                 let Some(table) = tables.chats.clone() else {
                     return Ok(Vec::new());
@@ -256,7 +253,11 @@ impl Processor {
                     return Ok(Vec::new());
                 };
                 let name = match rules::chats::account_id(change, &table)? {
-                    Some(account) => self.account_full_name(account).await?,
+                    Some(account) => self
+                        .account_names
+                        .lookup(&self.lookups, account)
+                        .await
+                        .map_err(RuleFailure::Lookup)?,
                     None => None,
                 };
                 Ok(rules::chats::events(change, &table, &job, name)?)
@@ -301,16 +302,19 @@ impl Processor {
         }
     }
 
-    fn track_job(&mut self, change: &RowChange) -> Result<(), RuleFailure> {
+    /// Returns the events of a jobs change and keeps the job directory up to
+    /// date with the job's row.
+    fn job_events(&mut self, change: &RowChange) -> Result<Vec<Event>, RuleFailure> {
         let table = &self.config.tables.jobs;
         if change.kind == ChangeKind::Delete {
             let job = rules::jobs::job_info(change, table, Side::Old)?;
             self.jobs.forget(job.id);
-        } else {
-            self.jobs
-                .remember(rules::jobs::job_info(change, table, Side::New)?);
+            return Ok(Vec::new());
         }
-        Ok(())
+        let job = rules::jobs::job_info(change, table, Side::New)?;
+        let events = rules::jobs::events_of_job(change, table, &job)?;
+        self.jobs.remember(job);
+        Ok(events)
     }
 
     async fn job_of(&mut self, job_id: i64) -> Result<Option<JobInfo>, RuleFailure> {
@@ -332,37 +336,6 @@ impl Processor {
             }));
         }
         Ok(job)
-    }
-
-    async fn account_full_name(&mut self, account_id: i64) -> Result<Option<String>, RuleFailure> {
-        let Some(sql) = self
-            .config
-            .tables
-            .chats
-            .as_ref()
-            .and_then(|t| t.account_full_name.clone())
-        else {
-            return Ok(None);
-        };
-        let statement = match &self.account_name {
-            Some(statement) => statement.clone(),
-            None => {
-                let statement = self
-                    .lookups
-                    .prepare(&sql)
-                    .await
-                    .map_err(RuleFailure::Lookup)?;
-                self.account_name = Some(statement.clone());
-                statement
-            }
-        };
-        let param = id_param(&statement.params()[0], account_id);
-        let row = self
-            .lookups
-            .query_opt(&statement, &[param.as_ref()])
-            .await
-            .map_err(RuleFailure::Lookup)?;
-        Ok(row.and_then(|row| row.get::<_, Option<String>>(0)))
     }
 
     /// Turns a transactional `walhook` logical message into PING events of
@@ -435,4 +408,9 @@ fn table_roles(config: &Config) -> HashMap<QualifiedName, TableRole> {
         TableRole::Subscriptions,
     );
     roles
+}
+
+fn account_full_name_sql(config: &Config) -> Option<String> {
+    let chats = config.tables.chats.as_ref()?;
+    chats.account_full_name.clone()
 }

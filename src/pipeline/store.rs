@@ -1,10 +1,11 @@
 //! Handing events to the queue: several committed source transactions share
 //! one queue transaction, which carries the commit LSN of the last of them.
 //!
-//! Deliveries wait in memory for at most [`FLUSH_DELAY`] or until
-//! [`FLUSH_DELIVERIES`] have gathered. Their transactions are confirmed to
-//! the server only after the queue commit, so a crash loses only what was
-//! never confirmed, and the server sends it again.
+//! Deliveries of committed transactions gather in memory while the queue
+//! writer stores the previous batch, and go to it as soon as it is idle, or
+//! after [`FLUSH_DELAY`], or once [`FLUSH_DELIVERIES`] have gathered. Their
+//! transactions are confirmed to the server only after the queue commit, so a
+//! crash loses only what was never confirmed, and the server sends it again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::processor::{EventBatch, Processor};
+use super::writer::{QueueWrite, QueueWriter};
 use super::PipelineError;
 use crate::config::Config;
 use crate::queue::{Outbox, Progress};
@@ -23,16 +25,15 @@ use crate::routing::{route, NewDelivery, Subscriptions};
 /// their queue transaction.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(10);
 
-/// Deliveries that make the store write to the queue at once.
+/// Deliveries that make the store hand its batch to the writer at once.
 pub const FLUSH_DELIVERIES: usize = 1_000;
 
 /// The enqueue side of one replication session.
 pub struct Store {
-    outbox: Outbox,
+    writer: QueueWriter,
     subscriptions: Arc<Subscriptions>,
     /// The configuration in force, for `delivery.max_batch`.
     live: watch::Receiver<Arc<Config>>,
-    deliveries_stored: Arc<Notify>,
     pending: Vec<NewDelivery>,
     /// Progress of the last complete transaction whose deliveries are pending.
     pending_progress: Option<Progress>,
@@ -47,10 +48,9 @@ impl Store {
         deliveries_stored: Arc<Notify>,
     ) -> Store {
         Store {
-            outbox,
+            writer: QueueWriter::spawn(outbox, deliveries_stored),
             subscriptions,
             live,
-            deliveries_stored,
             pending: Vec::new(),
             pending_progress: None,
             pending_since: None,
@@ -59,10 +59,10 @@ impl Store {
 
     /// Tells whether every accepted transaction is stored or needs nothing.
     pub fn is_idle(&self) -> bool {
-        self.pending_progress.is_none()
+        self.pending_progress.is_none() && self.writer.is_idle()
     }
 
-    /// Returns when the pending deliveries must be written.
+    /// Returns when the pending deliveries must go to the writer.
     pub fn flush_deadline(&self) -> Option<Instant> {
         self.pending_since.map(|since| since + FLUSH_DELAY)
     }
@@ -70,9 +70,9 @@ impl Store {
     /// Accepts the events of a batch and returns the LSN that may now be
     /// confirmed, if any.
     ///
-    /// A chunk of an open transaction is written at once, without progress:
-    /// a replay after a crash inserts it again under the same webhook ids,
-    /// which the queue ignores.
+    /// A chunk of an open transaction is written without progress: a replay
+    /// after a crash inserts it again under the same webhook ids, which the
+    /// queue ignores.
     pub async fn accept(
         &mut self,
         processor: &mut Processor,
@@ -93,15 +93,12 @@ impl Store {
         };
 
         let Some(end_lsn) = batch.end_lsn else {
-            if deliveries.is_empty() {
-                return Ok(None);
+            if !deliveries.is_empty() {
+                // The writer stores in order, so earlier transactions go first.
+                self.flush(processor).await?;
+                self.writer.send(QueueWrite::Chunk(deliveries)).await?;
             }
-            // Rows are sent in queue order, so earlier transactions go first.
-            let confirmed = self.flush(processor).await?;
-            self.outbox.store_chunk(&deliveries).await?;
-            log_stored(lsn, &deliveries);
-            self.deliveries_stored.notify_one();
-            return Ok(confirmed);
+            return Ok(None);
         };
         if deliveries.is_empty() && self.is_idle() {
             return Ok(Some(end_lsn));
@@ -113,44 +110,41 @@ impl Store {
             end_lsn,
         });
         self.pending_since.get_or_insert_with(Instant::now);
-        if self.pending.len() >= FLUSH_DELIVERIES {
-            return self.flush(processor).await;
+        if self.pending.len() >= FLUSH_DELIVERIES || self.writer.is_idle() {
+            self.flush(processor).await?;
         }
         Ok(None)
     }
 
-    /// Writes the pending deliveries and progress in one queue transaction,
-    /// and returns the LSN that may now be confirmed.
-    pub async fn flush(&mut self, processor: &mut Processor) -> Result<Option<Lsn>, PipelineError> {
-        let Some(progress) = self.pending_progress else {
-            return Ok(None);
+    /// Hands the pending deliveries and progress to the writer, to be stored
+    /// in one queue transaction.
+    pub async fn flush(&mut self, processor: &mut Processor) -> Result<(), PipelineError> {
+        let Some(progress) = self.pending_progress.take() else {
+            return Ok(());
         };
-        self.outbox.store(progress, &self.pending).await?;
-        processor.mark_stored(progress.commit_lsn);
-        log_stored(progress.commit_lsn, &self.pending);
-        if !self.pending.is_empty() {
-            self.deliveries_stored.notify_one();
-        }
-        crate::ops::failpoint::hit("after-queue-commit")?;
-
-        self.pending.clear();
-        self.pending_progress = None;
+        let deliveries = std::mem::take(&mut self.pending);
         self.pending_since = None;
-        Ok(Some(progress.end_lsn))
+        processor.mark_stored(progress.commit_lsn);
+        let write = QueueWrite::Commit {
+            progress,
+            deliveries,
+        };
+        self.writer.send(write).await
     }
-}
 
-fn log_stored(lsn: Lsn, deliveries: &[NewDelivery]) {
-    for delivery in deliveries {
-        tracing::debug!(
-            lsn = %delivery.commit_lsn,
-            webhook_id = %delivery.webhook_id,
-            event = %delivery.kind,
-            subscription = %delivery.subscription,
-            "delivery stored"
-        );
+    /// Waits until the writer commits another queue transaction, and returns
+    /// the end LSN it stored, which may now be confirmed. Cancel-safe.
+    pub async fn next_stored(&mut self) -> Result<Lsn, PipelineError> {
+        self.writer.next_stored().await
     }
-    if !deliveries.is_empty() {
-        tracing::debug!(lsn = %lsn, deliveries = deliveries.len(), "queue transaction committed");
+
+    /// Stores everything accepted, stops the writer, and returns the end LSN
+    /// of the last progress stored.
+    pub async fn finish(
+        &mut self,
+        processor: &mut Processor,
+    ) -> Result<Option<Lsn>, PipelineError> {
+        self.flush(processor).await?;
+        self.writer.finish().await
     }
 }

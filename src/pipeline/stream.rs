@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +24,10 @@ use crate::replication::{
     Lsn, ReplicationClient, ReplicationMessage, ReplicationStream, StandbyStatus,
 };
 use crate::routing::Subscriptions;
+
+/// Buffered messages handled in a row before the streaming loop checks its
+/// timers and shutdown again.
+const MAX_BUFFERED_RUN: usize = 256;
 
 /// State that the streaming loop shares with the rest of the daemon.
 pub struct StreamContext {
@@ -109,21 +114,50 @@ pub async fn stream_once(context: Arc<StreamContext>) -> Result<(), PipelineErro
         tokio::select! {
             biased;
             _ = context.shutdown.cancelled() => {
-                positions.confirm(store.flush(&mut processor).await?);
+                positions.confirm(store.finish(&mut processor).await?);
                 send_status(&mut stream, &positions, false).await?;
                 tracing::info!(lsn = %positions.confirmed, "replication stopped");
                 return Ok(());
             }
-            _ = sleep_until_or_never(flush_at) => positions.confirm(store.flush(&mut processor).await?),
+            stored = store.next_stored() => {
+                positions.confirm(Some(stored?));
+                // Hand over what gathered while the writer was busy.
+                store.flush(&mut processor).await?;
+            }
+            _ = sleep_until_or_never(flush_at) => store.flush(&mut processor).await?,
             _ = status_timer.tick() => send_status(&mut stream, &positions, false).await?,
             message = stream.next_message() => {
                 let Some(message) = message? else {
                     return Err(PipelineError::StreamEnded);
                 };
                 handle_message(&mut stream, &mut processor, &mut store, &mut positions, message).await?;
+                handle_buffered(&mut stream, &mut processor, &mut store, &mut positions).await?;
             }
         }
     }
+}
+
+/// Handles up to [`MAX_BUFFERED_RUN`] messages that are already buffered, so the
+/// timers and cancellation token of the streaming loop's `select!` are polled
+/// once per run, not once per message.
+async fn handle_buffered(
+    stream: &mut ReplicationStream,
+    processor: &mut Processor,
+    store: &mut Store,
+    positions: &mut Positions,
+) -> Result<(), PipelineError> {
+    for _ in 0..MAX_BUFFERED_RUN {
+        // `next_message` is cancel-safe, so dropping it when it would wait
+        // loses nothing.
+        let Some(message) = stream.next_message().now_or_never() else {
+            return Ok(());
+        };
+        let Some(message) = message? else {
+            return Err(PipelineError::StreamEnded);
+        };
+        handle_message(stream, processor, store, positions, message).await?;
+    }
+    Ok(())
 }
 
 /// Waits until `deadline`, or forever when there is none.

@@ -7,8 +7,9 @@
 //! skipped, so each change is enqueued once.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use crate::config::quote_ident;
 use crate::replication::Lsn;
@@ -31,11 +32,16 @@ pub enum OutboxError {
 }
 
 /// Writes deliveries and progress for one replication slot.
+///
+/// The insert and progress statements are prepared on first use and reused
+/// for the life of the connection, so no write waits for a Parse round trip.
 pub struct Outbox {
     client: Client,
     slot: String,
     insert_sql: String,
     progress_sql: String,
+    insert: Option<Statement>,
+    progress: Option<Statement>,
     select_progress_sql: String,
     select_skipped_sql: String,
 }
@@ -67,6 +73,8 @@ impl Outbox {
             select_skipped_sql: format!(
                 "SELECT commit_lsn::text FROM {schema}.skipped_transactions WHERE slot = $1"
             ),
+            insert: None,
+            progress: None,
         }
     }
 
@@ -104,19 +112,20 @@ impl Outbox {
             .collect()
     }
 
-    /// Stores the deliveries of one source transaction and its LSNs, in one
-    /// queue transaction.
+    /// Stores the deliveries of one or more source transactions and the
+    /// progress of the last one, in one queue transaction.
     pub async fn store(
         &mut self,
         progress: Progress,
         deliveries: &[NewDelivery],
     ) -> Result<(), OutboxError> {
+        let (insert, progress_statement) = self.statements().await?;
         let transaction = self.client.transaction().await?;
-        insert_deliveries(&transaction, &self.insert_sql, deliveries).await?;
+        insert_deliveries(&transaction, &insert, deliveries).await?;
         let commit = progress.commit_lsn.to_string();
         let end = progress.end_lsn.to_string();
         transaction
-            .execute(&self.progress_sql, &[&self.slot, &commit, &end])
+            .execute(&progress_statement, &[&self.slot, &commit, &end])
             .await?;
         transaction.commit().await?;
         Ok(())
@@ -125,42 +134,90 @@ impl Outbox {
     /// Stores deliveries of a transaction that is still arriving, without
     /// progress; storing them again later is a no-op.
     pub async fn store_chunk(&mut self, deliveries: &[NewDelivery]) -> Result<(), OutboxError> {
-        insert_deliveries(&self.client, &self.insert_sql, deliveries).await
+        let (insert, _) = self.statements().await?;
+        insert_deliveries(&self.client, &insert, deliveries).await
+    }
+
+    /// Returns the insert and progress statements, preparing them on first use.
+    async fn statements(&mut self) -> Result<(Statement, Statement), OutboxError> {
+        let insert = prepared(&self.client, &mut self.insert, &self.insert_sql).await?;
+        let progress = prepared(&self.client, &mut self.progress, &self.progress_sql).await?;
+        Ok((insert, progress))
     }
 }
 
+/// Returns the statement in `cache`, preparing `sql` into it when it is empty.
+async fn prepared(
+    client: &Client,
+    cache: &mut Option<Statement>,
+    sql: &str,
+) -> Result<Statement, OutboxError> {
+    if let Some(statement) = cache {
+        return Ok(statement.clone());
+    }
+    let statement = client.prepare(sql).await?;
+    *cache = Some(statement.clone());
+    Ok(statement)
+}
+
+/// Inserts `deliveries` with one statement whose parameters are one array
+/// per column. Webhook ids, URLs and bodies are borrowed, not copied.
 async fn insert_deliveries(
     client: &impl GenericClient,
-    insert_sql: &str,
+    insert: &Statement,
     deliveries: &[NewDelivery],
 ) -> Result<(), OutboxError> {
     if deliveries.is_empty() {
         return Ok(());
     }
-    let column = |f: fn(&NewDelivery) -> String| deliveries.iter().map(f).collect::<Vec<String>>();
+    let webhook_ids: Vec<&str> = deliveries.iter().map(|d| d.webhook_id.as_str()).collect();
+    let commit_lsns: Vec<String> = deliveries
+        .iter()
+        .map(|d| d.commit_lsn.to_string())
+        .collect();
     let event_indexes: Vec<i32> = deliveries
         .iter()
         .map(|d| i32::try_from(d.event_index).unwrap_or(i32::MAX))
         .collect();
+    let subscriptions: Vec<String> = deliveries
+        .iter()
+        .map(|d| d.subscription.to_string())
+        .collect();
+    let urls: Vec<&str> = deliveries.iter().map(|d| d.url.as_str()).collect();
+    let events: Vec<&str> = deliveries.iter().map(|d| d.kind.as_str()).collect();
+    let job_ids: Vec<String> = deliveries
+        .iter()
+        .map(|d| array_literal(&d.job_ids))
+        .collect();
+    let bodies: Vec<&str> = deliveries.iter().map(|d| d.body.as_str()).collect();
     client
         .execute(
-            insert_sql,
+            insert,
             &[
-                &column(|d| d.webhook_id.clone()),
-                &column(|d| d.commit_lsn.to_string()),
+                &webhook_ids,
+                &commit_lsns,
                 &event_indexes,
-                &column(|d| d.subscription.to_string()),
-                &column(|d| d.url.clone()),
-                &column(|d| d.kind.as_str().to_owned()),
-                &column(|d| array_literal(&d.job_ids)),
-                &column(|d| d.body.clone()),
+                &subscriptions,
+                &urls,
+                &events,
+                &job_ids,
+                &bodies,
             ],
         )
         .await?;
     Ok(())
 }
 
+/// Returns the array literal of `ids`, such as `{3,17}`.
 fn array_literal(ids: &[i64]) -> String {
-    let parts: Vec<String> = ids.iter().map(i64::to_string).collect();
-    format!("{{{}}}", parts.join(","))
+    let mut literal = String::with_capacity(2 + ids.len() * 8);
+    literal.push('{');
+    for (index, id) in ids.iter().enumerate() {
+        if index > 0 {
+            literal.push(',');
+        }
+        write!(literal, "{id}").expect("writing to a String cannot fail");
+    }
+    literal.push('}');
+    literal
 }

@@ -100,7 +100,6 @@ fn delivery(
     chunk: &[usize],
 ) -> NewDelivery {
     let first = first_event_index + chunk[0];
-    let items: Vec<serde_json::Value> = chunk.iter().map(|&i| events[i].item.clone()).collect();
     let mut job_ids: Vec<i64> = chunk
         .iter()
         .flat_map(|&i| events[i].job_ids.iter().copied())
@@ -116,7 +115,7 @@ fn delivery(
         url: group.subscription.url.clone(),
         kind: group.kind,
         job_ids,
-        body: webhook_body(group.kind, &items),
+        body: webhook_body(group.kind, chunk.iter().map(|&i| &events[i].item)),
     }
 }
 
@@ -130,9 +129,8 @@ pub fn webhook_id(commit_lsn: Lsn, event_index: usize, subscription: &Subscripti
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+    use crate::payload::ObjectWriter;
     use crate::routing::Owner;
 
     fn subscription(id: i64, owner: Owner, events: Option<&[EventKind]>) -> Subscription {
@@ -151,7 +149,7 @@ mod tests {
             kind: EventKind::StageChanged,
             audience: Audience::Owners(vec![Owner::Company(company)]),
             job_ids: vec![job_id],
-            item: json!({ "jobId": job_id }),
+            item: ObjectWriter::new().integer("jobId", job_id).finish(),
         }
     }
 

@@ -94,40 +94,77 @@ impl Subscription {
 /// The live set of subscriptions, shared by the router and the delivery workers.
 #[derive(Default)]
 pub struct Subscriptions {
-    by_key: RwLock<HashMap<SubscriptionKey, Arc<Subscription>>>,
+    index: RwLock<Index>,
+}
+
+/// Subscriptions by key, and by owner for routing.
+#[derive(Default)]
+struct Index {
+    by_key: HashMap<SubscriptionKey, Arc<Subscription>>,
+    /// Subscriptions of each owner, sorted by key. Static endpoints are under
+    /// [`Owner::Everyone`].
+    by_owner: HashMap<Owner, Vec<Arc<Subscription>>>,
+}
+
+impl Index {
+    fn insert(&mut self, subscription: Arc<Subscription>) {
+        if let Some(old) = self
+            .by_key
+            .insert(subscription.key.clone(), Arc::clone(&subscription))
+        {
+            self.remove_from_owner(&old);
+        }
+        let list = self.by_owner.entry(subscription.owner).or_default();
+        let position = list
+            .binary_search_by(|other| other.key.cmp(&subscription.key))
+            .unwrap_or_else(|position| position);
+        list.insert(position, subscription);
+    }
+
+    fn remove(&mut self, key: &SubscriptionKey) {
+        if let Some(old) = self.by_key.remove(key) {
+            self.remove_from_owner(&old);
+        }
+    }
+
+    fn remove_from_owner(&mut self, subscription: &Subscription) {
+        if let Some(list) = self.by_owner.get_mut(&subscription.owner) {
+            list.retain(|other| other.key != subscription.key);
+            if list.is_empty() {
+                self.by_owner.remove(&subscription.owner);
+            }
+        }
+    }
 }
 
 impl Subscriptions {
     /// Returns the subscription with `key`, if it exists.
     pub fn get(&self, key: &SubscriptionKey) -> Option<Arc<Subscription>> {
-        self.read().get(key).cloned()
+        self.read().by_key.get(key).cloned()
     }
 
     /// Adds or replaces a subscription.
     pub fn upsert(&self, subscription: Subscription) {
-        let mut map = self
-            .by_key
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.insert(subscription.key.clone(), Arc::new(subscription));
+        self.write().insert(Arc::new(subscription));
     }
 
     /// Keeps only the subscriptions for whose key `keep` returns true.
     pub fn retain(&self, keep: impl Fn(&SubscriptionKey) -> bool) {
-        let mut map = self
+        let mut index = self.write();
+        let dropped: Vec<SubscriptionKey> = index
             .by_key
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.retain(|key, _| keep(key));
+            .keys()
+            .filter(|key| !keep(key))
+            .cloned()
+            .collect();
+        for key in &dropped {
+            index.remove(key);
+        }
     }
 
     /// Removes a subscription.
     pub fn remove(&self, key: &SubscriptionKey) {
-        let mut map = self
-            .by_key
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.remove(key);
+        self.write().remove(key);
     }
 
     /// Makes the static endpoints those of `endpoints`: adds or replaces each
@@ -138,21 +175,19 @@ impl Subscriptions {
         endpoints: &[crate::config::EndpointConfig],
     ) -> Vec<SubscriptionKey> {
         let listed: Vec<Subscription> = endpoints.iter().map(Subscription::from_endpoint).collect();
-        let mut map = self
+        let mut index = self.write();
+        let removed: Vec<SubscriptionKey> = index
             .by_key
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let removed: Vec<SubscriptionKey> = map
             .keys()
             .filter(|key| matches!(key, SubscriptionKey::Endpoint(_)))
             .filter(|key| listed.iter().all(|subscription| &subscription.key != *key))
             .cloned()
             .collect();
         for key in &removed {
-            map.remove(key);
+            index.remove(key);
         }
         for subscription in listed {
-            map.insert(subscription.key.clone(), Arc::new(subscription));
+            index.insert(Arc::new(subscription));
         }
         removed
     }
@@ -160,20 +195,31 @@ impl Subscriptions {
     /// Returns the enabled subscriptions of the given owners, and every static
     /// endpoint, that want `kind`, sorted by key.
     pub fn matching(&self, owners: &[Owner], kind: EventKind) -> Vec<Arc<Subscription>> {
-        let mut found: Vec<Arc<Subscription>> = self
-            .read()
-            .values()
-            .filter(|sub| sub.wants(kind))
-            .filter(|sub| sub.owner == Owner::Everyone || owners.contains(&sub.owner))
-            .cloned()
-            .collect();
+        let index = self.read();
+        let mut found = Vec::new();
+        let mut visited: Vec<Owner> = Vec::with_capacity(owners.len() + 1);
+        for owner in std::iter::once(Owner::Everyone).chain(owners.iter().copied()) {
+            if visited.contains(&owner) {
+                continue;
+            }
+            visited.push(owner);
+            if let Some(list) = index.by_owner.get(&owner) {
+                found.extend(list.iter().filter(|sub| sub.wants(kind)).cloned());
+            }
+        }
         found.sort_by(|a, b| a.key.cmp(&b.key));
         found
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SubscriptionKey, Arc<Subscription>>> {
-        self.by_key
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index
             .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index
+            .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -223,11 +269,11 @@ mod tests {
         }
     }
 
-    fn app_subscription(id: i64) -> Subscription {
+    fn company_subscription(id: i64, company: i64) -> Subscription {
         Subscription {
             key: SubscriptionKey::App(id),
-            owner: Owner::Company(1),
-            url: "https://hooks.example.com/app".to_owned(),
+            owner: Owner::Company(company),
+            url: format!("http://127.0.0.1:9/{id}"),
             secrets: Vec::new(),
             events: None,
             enabled: true,
@@ -254,7 +300,7 @@ mod tests {
     #[test]
     fn endpoint_without_id_is_replaced_on_new_url() {
         let subscriptions = Subscriptions::default();
-        subscriptions.upsert(app_subscription(7));
+        subscriptions.upsert(company_subscription(7, 1));
         subscriptions.replace_endpoints(&[endpoint(None, "https://a.example/x", "s1")]);
         let removed =
             subscriptions.replace_endpoints(&[endpoint(None, "https://b.example/x", "s1")]);
@@ -272,5 +318,60 @@ mod tests {
             subscriptions.get(&SubscriptionKey::App(7)).is_some(),
             "application subscriptions stay"
         );
+    }
+
+    fn matching_ids(subscriptions: &Subscriptions, owners: &[Owner]) -> Vec<SubscriptionKey> {
+        subscriptions
+            .matching(owners, EventKind::StageChanged)
+            .iter()
+            .map(|sub| sub.key.clone())
+            .collect()
+    }
+
+    #[test]
+    fn upsert_moves_subscription_to_new_owner() {
+        let subscriptions = Subscriptions::default();
+        subscriptions.upsert(company_subscription(1, 10));
+        subscriptions.upsert(company_subscription(1, 20));
+
+        assert_eq!(
+            matching_ids(&subscriptions, &[Owner::Company(10)]),
+            Vec::<SubscriptionKey>::new(),
+            "the old owner no longer receives"
+        );
+        assert_eq!(
+            matching_ids(&subscriptions, &[Owner::Company(20)]),
+            vec![SubscriptionKey::App(1)],
+            "the new owner receives"
+        );
+    }
+
+    #[test]
+    fn matching_sorts_and_skips_repeated_owners() {
+        let subscriptions = Subscriptions::default();
+        subscriptions.upsert(company_subscription(3, 10));
+        subscriptions.upsert(company_subscription(1, 20));
+        subscriptions.upsert(company_subscription(2, 10));
+
+        let owners = [Owner::Company(10), Owner::Company(20), Owner::Company(10)];
+        let expected: Vec<_> = (1..=3).map(SubscriptionKey::App).collect();
+        assert_eq!(matching_ids(&subscriptions, &owners), expected);
+    }
+
+    #[test]
+    fn remove_and_retain_drop_from_routing() {
+        let subscriptions = Subscriptions::default();
+        subscriptions.upsert(company_subscription(1, 10));
+        subscriptions.upsert(company_subscription(2, 10));
+        subscriptions.upsert(company_subscription(3, 10));
+
+        subscriptions.remove(&SubscriptionKey::App(1));
+        subscriptions.retain(|key| *key != SubscriptionKey::App(2));
+
+        assert_eq!(
+            matching_ids(&subscriptions, &[Owner::Company(10)]),
+            vec![SubscriptionKey::App(3)]
+        );
+        assert!(subscriptions.get(&SubscriptionKey::App(1)).is_none());
     }
 }

@@ -1,13 +1,11 @@
 //! Rule of the chats table: a message or file posted to a job's activity feed.
 
-use serde_json::json;
-
 use super::column::{read, read_id, Format, Side};
 use super::event::{Audience, Event, JobInfo};
 use super::{values, RuleError};
 use crate::changes::{ChangeKind, RowChange};
 use crate::config::ChatsTable;
-use crate::payload::EventKind;
+use crate::payload::{EventKind, ObjectWriter};
 
 /// Returns the job id of a chats row, to look up its job before [`events`].
 pub fn job_id(change: &RowChange, table: &ChatsTable) -> Result<i64, RuleError> {
@@ -45,19 +43,19 @@ pub fn events(
         return Ok(Vec::new());
     }
     let field = |column: &str, format| read(change, Side::New, column, format);
-    let item = json!({
-        "uuid": field(&table.uuid, Format::String)?,
-        "job_id": job.id,
-        "account_id": field(&table.account_id, Format::Integer)?,
-        "message": field(&table.message, Format::String)?,
-        "file_name": field(&table.file_name, Format::String)?,
-        "file_uuid": field(&table.file_uuid, Format::String)?,
-        "file_url": field(&table.file_url, Format::String)?,
-        "created_at": field(&table.created_at, Format::Timestamp)?,
-        "updated_at": field(&table.updated_at, Format::Timestamp)?,
-        "deleted_at": field(&table.deleted_at, Format::Timestamp)?,
-        "accountFullName": account_full_name,
-    });
+    let item = ObjectWriter::new()
+        .value("uuid", &field(&table.uuid, Format::String)?)
+        .integer("job_id", job.id)
+        .value("account_id", &field(&table.account_id, Format::Integer)?)
+        .value("message", &field(&table.message, Format::String)?)
+        .value("file_name", &field(&table.file_name, Format::String)?)
+        .value("file_uuid", &field(&table.file_uuid, Format::String)?)
+        .value("file_url", &field(&table.file_url, Format::String)?)
+        .value("created_at", &field(&table.created_at, Format::Timestamp)?)
+        .value("updated_at", &field(&table.updated_at, Format::Timestamp)?)
+        .value("deleted_at", &field(&table.deleted_at, Format::Timestamp)?)
+        .string("accountFullName", account_full_name.as_deref())
+        .finish();
     Ok(vec![Event {
         kind: EventKind::ChatPosted,
         audience: Audience::Owners(job.owners()),

@@ -1,6 +1,6 @@
 //! Domain events: what happened, about which jobs, for whom.
 
-use crate::payload::EventKind;
+use crate::payload::{EventKind, JsonItem};
 use crate::routing::{Owner, SubscriptionKey};
 
 /// One item of a webhook's payload array, with where it goes.
@@ -10,8 +10,8 @@ pub struct Event {
     pub audience: Audience,
     /// Jobs the item is about, for ordering and inspection of deliveries.
     pub job_ids: Vec<i64>,
-    /// The item exactly as documented, such as `{"id": 48621, "altId": "234552"}`.
-    pub item: serde_json::Value,
+    /// The item exactly as documented, such as `{"id":48621,"altId":"234552"}`.
+    pub item: JsonItem,
 }
 
 /// Who receives an event.

@@ -1,14 +1,12 @@
 //! Rule of the hes_scores table: a Home Energy Score label is recorded, by an
 //! INSERT with a label number or an UPDATE that sets it.
 
-use serde_json::json;
-
 use super::column::{read, read_id, Format, Side};
 use super::event::{Audience, Event, JobInfo};
 use super::RuleError;
 use crate::changes::{ChangeKind, RowChange};
 use crate::config::HesScoresTable;
-use crate::payload::EventKind;
+use crate::payload::{EventKind, ObjectWriter};
 
 /// Returns the job id of a hes_scores row, to look up its job before [`events`].
 pub fn job_id(change: &RowChange, table: &HesScoresTable) -> Result<i64, RuleError> {
@@ -41,14 +39,20 @@ pub fn events(
         return Ok(Vec::new());
     }
     let field = |column: &str, format| read(change, Side::New, column, format);
-    let item = json!({
-        "jobId": job.id,
-        "altId": job.alt_id,
-        "hesLabelNumber": field(&table.label_number, Format::Integer)?,
-        "hesType": field(&table.hes_type, Format::String)?,
-        "baseScore": field(&table.base_score, Format::Number)?,
-        "hesAssessmentDate": field(&table.assessment_date, Format::Date)?,
-    });
+    let item = ObjectWriter::new()
+        .integer("jobId", job.id)
+        .string("altId", job.alt_id.as_deref())
+        .value(
+            "hesLabelNumber",
+            &field(&table.label_number, Format::Integer)?,
+        )
+        .value("hesType", &field(&table.hes_type, Format::String)?)
+        .value("baseScore", &field(&table.base_score, Format::Number)?)
+        .value(
+            "hesAssessmentDate",
+            &field(&table.assessment_date, Format::Date)?,
+        )
+        .finish();
     Ok(vec![Event {
         kind: EventKind::HesScoreObtained,
         audience: Audience::Owners(job.owners()),

@@ -1,21 +1,33 @@
 //! Rules of the jobs table: created, stage changed, first modeled, address
 //! changed, transferred to another account or company.
 
-use serde_json::json;
-
 use super::column::{read, read_id, read_optional_id, Format, Side};
 use super::event::{Audience, Event, JobInfo};
 use super::{values, RuleError};
 use crate::changes::{ChangeKind, RowChange};
 use crate::config::JobsTable;
-use crate::payload::EventKind;
+use crate::payload::{EventKind, JsonItem, ObjectWriter};
 use crate::routing::Owner;
 
 /// Returns the events of one jobs row change, in a fixed order.
 pub fn events(change: &RowChange, table: &JobsTable) -> Result<Vec<Event>, RuleError> {
+    if change.kind == ChangeKind::Delete {
+        return Ok(Vec::new());
+    }
+    let job = job_info(change, table, Side::New)?;
+    events_of_job(change, table, &job)
+}
+
+/// Returns the events of one jobs row change like [`events`], given the job
+/// that [`job_info`] read from its new row.
+pub fn events_of_job(
+    change: &RowChange,
+    table: &JobsTable,
+    job: &JobInfo,
+) -> Result<Vec<Event>, RuleError> {
     match change.kind {
-        ChangeKind::Insert => Ok(vec![created(change, table)?]),
-        ChangeKind::Update => updated(change, table),
+        ChangeKind::Insert => Ok(vec![job_event(EventKind::NewJobCreated, job, id_item(job))]),
+        ChangeKind::Update => updated(change, table, job),
         ChangeKind::Delete => Ok(Vec::new()),
     }
 }
@@ -40,63 +52,75 @@ pub fn job_info(change: &RowChange, table: &JobsTable, side: Side) -> Result<Job
     })
 }
 
-fn created(change: &RowChange, table: &JobsTable) -> Result<Event, RuleError> {
-    let job = job_info(change, table, Side::New)?;
-    Ok(job_event(
-        EventKind::NewJobCreated,
-        &job,
-        json!({ "id": job.id, "altId": job.alt_id }),
-    ))
-}
-
-fn updated(change: &RowChange, table: &JobsTable) -> Result<Vec<Event>, RuleError> {
-    let job = job_info(change, table, Side::New)?;
+fn updated(change: &RowChange, table: &JobsTable, job: &JobInfo) -> Result<Vec<Event>, RuleError> {
     let mut events = Vec::new();
 
     if change.changed(&table.stage)? {
         events.push(job_event(
             EventKind::StageChanged,
-            &job,
+            job,
             stage_item(change, table, job.id)?,
         ));
     }
     if let Some(column) = &table.first_modeled {
         if is_first_modeling(change, column)? {
-            let item = json!({ "id": job.id, "altId": job.alt_id });
-            events.push(job_event(EventKind::JobFirstTimeModeled, &job, item));
+            events.push(job_event(EventKind::JobFirstTimeModeled, job, id_item(job)));
         }
     }
     if any_changed(change, &table.address)? {
-        let item = json!({ "id": job.id, "altId": job.alt_id });
-        events.push(job_event(EventKind::AddressChanged, &job, item));
+        events.push(job_event(EventKind::AddressChanged, job, id_item(job)));
     }
     if change.changed(&table.account)? {
-        let item = json!({
-            "id": job.id,
-            "altId": job.alt_id,
-            "accountIdFrom": read(change, Side::Old, &table.account, Format::Integer)?,
-            "accountIdTo": read(change, Side::New, &table.account, Format::Integer)?,
-        });
-        events.push(job_event(EventKind::JobTransferred, &job, item));
+        let item = ObjectWriter::new()
+            .integer("id", job.id)
+            .string("altId", job.alt_id.as_deref())
+            .value(
+                "accountIdFrom",
+                &read(change, Side::Old, &table.account, Format::Integer)?,
+            )
+            .value(
+                "accountIdTo",
+                &read(change, Side::New, &table.account, Format::Integer)?,
+            )
+            .finish();
+        events.push(job_event(EventKind::JobTransferred, job, item));
     }
     if change.changed(&table.company)? {
-        events.push(company_transfer(change, table, &job)?);
+        events.push(company_transfer(change, table, job)?);
     }
     Ok(events)
 }
 
-fn stage_item(
-    change: &RowChange,
-    table: &JobsTable,
-    job_id: i64,
-) -> Result<serde_json::Value, RuleError> {
-    Ok(json!({
-        "jobId": job_id,
-        "previousStage": read(change, Side::Old, &table.stage, Format::Integer)?,
-        "newStage": read(change, Side::New, &table.stage, Format::Integer)?,
-        "previousStageTimestamp": read(change, Side::Old, &table.stage_changed_at, Format::Timestamp)?,
-        "newStageTimestamp": read(change, Side::New, &table.stage_changed_at, Format::Timestamp)?,
-    }))
+/// Returns the `{id, altId}` item of several job events.
+fn id_item(job: &JobInfo) -> JsonItem {
+    ObjectWriter::new()
+        .integer("id", job.id)
+        .string("altId", job.alt_id.as_deref())
+        .finish()
+}
+
+fn stage_item(change: &RowChange, table: &JobsTable, job_id: i64) -> Result<JsonItem, RuleError> {
+    let stage = &table.stage;
+    let changed_at = &table.stage_changed_at;
+    Ok(ObjectWriter::new()
+        .integer("jobId", job_id)
+        .value(
+            "previousStage",
+            &read(change, Side::Old, stage, Format::Integer)?,
+        )
+        .value(
+            "newStage",
+            &read(change, Side::New, stage, Format::Integer)?,
+        )
+        .value(
+            "previousStageTimestamp",
+            &read(change, Side::Old, changed_at, Format::Timestamp)?,
+        )
+        .value(
+            "newStageTimestamp",
+            &read(change, Side::New, changed_at, Format::Timestamp)?,
+        )
+        .finish())
 }
 
 /// A "first modeled" column may be a timestamp or a boolean: it counts as set
@@ -128,19 +152,22 @@ fn company_transfer(
 ) -> Result<Event, RuleError> {
     let from = read_optional_id(change, Side::Old, &table.company)?;
     let to = read_optional_id(change, Side::New, &table.company)?;
-    let item =
-        json!({ "id": job.id, "altId": job.alt_id, "companyIdFrom": from, "companyIdTo": to });
+    let mut item = ObjectWriter::new();
+    item.integer("id", job.id)
+        .string("altId", job.alt_id.as_deref())
+        .value("companyIdFrom", &from.into())
+        .value("companyIdTo", &to.into());
     let mut owners: Vec<Owner> = from.into_iter().chain(to).map(Owner::Company).collect();
     owners.extend(job.program.map(Owner::Program));
     Ok(Event {
         kind: EventKind::JobTransferredToOtherCompany,
         audience: Audience::Owners(owners),
         job_ids: vec![job.id],
-        item,
+        item: item.finish(),
     })
 }
 
-fn job_event(kind: EventKind, job: &JobInfo, item: serde_json::Value) -> Event {
+fn job_event(kind: EventKind, job: &JobInfo, item: JsonItem) -> Event {
     Event {
         kind,
         audience: Audience::Owners(job.owners()),

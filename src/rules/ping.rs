@@ -6,10 +6,9 @@
 //! so the webhook goes out only if that transaction commits.
 
 use serde::Deserialize;
-use serde_json::json;
 
 use super::event::{Audience, Event};
-use crate::payload::EventKind;
+use crate::payload::{EventKind, ObjectWriter};
 use crate::routing::SubscriptionKey;
 
 /// Prefix of the logical messages that walhook reads.
@@ -67,7 +66,9 @@ pub fn event_for_job(subscription: SubscriptionKey, job_id: i64) -> Event {
         kind: EventKind::Ping,
         audience: Audience::Subscription(subscription),
         job_ids: vec![job_id],
-        item: json!({ "id": job_id.to_string() }),
+        item: ObjectWriter::new()
+            .string("id", Some(&job_id.to_string()))
+            .finish(),
     }
 }
 
@@ -84,6 +85,8 @@ fn ping_event(key: &SubscriptionKey, job: JobRef) -> Result<Event, String> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -91,7 +94,7 @@ mod tests {
         let events =
             events_from_message(br#"{"event":"PING","subscription":7,"jobs":[42161,"42482"]}"#)
                 .expect("valid request");
-        let items: Vec<_> = events.iter().map(|event| event.item.clone()).collect();
+        let items: Vec<_> = events.iter().map(|event| event.item.to_value()).collect();
         assert_eq!(items, vec![json!({"id": "42161"}), json!({"id": "42482"})]);
         assert_eq!(
             events[0].audience,

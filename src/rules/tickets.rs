@@ -1,13 +1,11 @@
 //! Rule of the tickets table: a workflow ticket's status changed.
 
-use serde_json::json;
-
 use super::column::{read, read_id, Format, Side};
 use super::event::{Audience, Event, JobInfo};
 use super::RuleError;
 use crate::changes::{ChangeKind, RowChange};
 use crate::config::TicketsTable;
-use crate::payload::EventKind;
+use crate::payload::{EventKind, ObjectWriter};
 
 /// Returns the job id of a tickets row, to look up its job before [`events`].
 pub fn job_id(change: &RowChange, table: &TicketsTable) -> Result<i64, RuleError> {
@@ -33,15 +31,33 @@ pub fn events(
     if !changes_status(change, table)? {
         return Ok(Vec::new());
     }
-    let item = json!({
-        "jobId": job.id,
-        "ticketId": read(change, Side::New, &table.id, Format::Integer)?,
-        "fromTemplateId": read(change, Side::New, &table.template_id, Format::Integer)?,
-        "statusFrom": read(change, Side::Old, &table.status, Format::String)?,
-        "statusTo": read(change, Side::New, &table.status, Format::String)?,
-        "changedByAccountId": read(change, Side::New, &table.changed_by, Format::Integer)?,
-        "changedAt": read(change, Side::New, &table.changed_at, Format::Timestamp)?,
-    });
+    let item = ObjectWriter::new()
+        .integer("jobId", job.id)
+        .value(
+            "ticketId",
+            &read(change, Side::New, &table.id, Format::Integer)?,
+        )
+        .value(
+            "fromTemplateId",
+            &read(change, Side::New, &table.template_id, Format::Integer)?,
+        )
+        .value(
+            "statusFrom",
+            &read(change, Side::Old, &table.status, Format::String)?,
+        )
+        .value(
+            "statusTo",
+            &read(change, Side::New, &table.status, Format::String)?,
+        )
+        .value(
+            "changedByAccountId",
+            &read(change, Side::New, &table.changed_by, Format::Integer)?,
+        )
+        .value(
+            "changedAt",
+            &read(change, Side::New, &table.changed_at, Format::Timestamp)?,
+        )
+        .finish();
     Ok(vec![Event {
         kind: EventKind::TicketStatusChanged,
         audience: Audience::Owners(job.owners()),

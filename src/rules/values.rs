@@ -113,8 +113,17 @@ pub fn to_json_string(text: &str) -> Value {
 /// outside the years 1 to 9999.
 pub fn to_json_timestamp(text: &str) -> Result<Value, ValueError> {
     let utc = parse_timestamp(text)?;
-    let millis = utc.nanosecond() / 1_000_000;
-    let formatted = format!("{}.{millis:03}Z", utc.format("%Y-%m-%dT%H:%M:%S"));
+    // `parse_timestamp` keeps the year within 1 to 9999, so four digits fit.
+    let formatted = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        utc.year(),
+        utc.month(),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second(),
+        utc.nanosecond() / 1_000_000
+    );
     Ok(Value::String(formatted))
 }
 
@@ -170,8 +179,12 @@ fn parse_timestamp(text: &str) -> Result<NaiveDateTime, ValueError> {
         text: text.to_owned(),
     };
 
-    let lowercase = text.to_ascii_lowercase();
-    if lowercase == "infinity" || lowercase == "-infinity" || lowercase.ends_with(" bc") {
+    let is_bc = text
+        .len()
+        .checked_sub(3)
+        .and_then(|start| text.get(start..))
+        .is_some_and(|end| end.eq_ignore_ascii_case(" bc"));
+    if text.eq_ignore_ascii_case("infinity") || text.eq_ignore_ascii_case("-infinity") || is_bc {
         return Err(out_of_range());
     }
 
