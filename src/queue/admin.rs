@@ -120,15 +120,23 @@ pub async fn retry_failed(
 }
 
 /// Re-enables a subscription that a receiver disabled with 410 Gone; returns
-/// whether it was disabled.
+/// whether it was disabled. Its pending deliveries, which claims parked at
+/// `infinity`, become due now.
 pub async fn enable_subscription(
     client: &Client,
     schema: &str,
     subscription: &str,
 ) -> Result<bool, tokio_postgres::Error> {
+    let schema = quote_ident(schema);
     let sql = format!(
-        "DELETE FROM {}.disabled_subscriptions WHERE subscription = $1",
-        quote_ident(schema)
+        "WITH enabled AS ( \
+             DELETE FROM {schema}.disabled_subscriptions WHERE subscription = $1 \
+             RETURNING subscription), \
+         unparked AS ( \
+             UPDATE {schema}.deliveries SET next_attempt_at = now() \
+             WHERE subscription = $1 AND status = 'pending' AND next_attempt_at = 'infinity') \
+         SELECT count(*) FROM enabled"
     );
-    Ok(client.execute(&sql, &[&subscription]).await? > 0)
+    let enabled: i64 = client.query_one(&sql, &[&subscription]).await?.get(0);
+    Ok(enabled > 0)
 }
