@@ -29,7 +29,8 @@ pub struct DeliverySummary {
     pub job_ids: Vec<i64>,
     pub status: String,
     pub attempts: i32,
-    /// UTC, ISO 8601.
+    /// UTC, ISO 8601, or `infinity` while a claim has parked the delivery
+    /// because its subscription is disabled.
     pub next_attempt_at: String,
     pub created_at: String,
     pub last_status: Option<i32>,
@@ -46,7 +47,9 @@ pub async fn list_deliveries(
 ) -> Result<Vec<DeliverySummary>, tokio_postgres::Error> {
     let sql = format!(
         "SELECT id, webhook_id, subscription, event, job_ids, status, attempts,
-                to_char(next_attempt_at AT TIME ZONE 'UTC', {TIME_FORMAT}),
+                CASE WHEN isfinite(next_attempt_at)
+                     THEN to_char(next_attempt_at AT TIME ZONE 'UTC', {TIME_FORMAT})
+                     ELSE 'infinity' END,
                 to_char(created_at AT TIME ZONE 'UTC', {TIME_FORMAT}),
                 last_status, last_error
          FROM {}.deliveries
