@@ -104,7 +104,7 @@ impl DeliveryWorkers {
             .shared
             .queue
             .clone()
-            .prepare(&self.shared.client)
+            .prepare(&self.shared.client, self.concurrency)
             .await
             .context("preparing the claim and record statements failed")?;
         let permits = Arc::new(Semaphore::new(self.concurrency));

@@ -86,6 +86,8 @@ pub struct AttemptRecord<'a> {
 /// prepared on one connection by [`DeliveryQueue::prepare`].
 #[derive(Clone, Debug)]
 pub struct DeliveryQueue {
+    /// The queue schema, quoted as an identifier.
+    schema: String,
     claim_sql: String,
     record_sql: String,
     disable_sql: String,
@@ -95,8 +97,18 @@ pub struct DeliveryQueue {
 /// The claim and record statements, prepared on one connection.
 #[derive(Clone, Debug)]
 struct PreparedStatements {
+    /// The claim with a fixed window, so that PostgreSQL can plan it once.
     claim: Statement,
     record: Statement,
+}
+
+/// How the claim statement gets the size of its window of due rows.
+#[derive(Clone, Copy, Debug)]
+enum WindowSize {
+    /// As parameter `$6`, computed from each claim's limit.
+    Parameter,
+    /// As a constant in the statement text.
+    Fixed(usize),
 }
 
 impl DeliveryQueue {
@@ -105,22 +117,32 @@ impl DeliveryQueue {
     pub fn new(schema: &str) -> DeliveryQueue {
         let schema = quote_ident(schema);
         DeliveryQueue {
-            claim_sql: claim_sql(&schema),
+            claim_sql: claim_sql(&schema, WindowSize::Parameter),
             record_sql: record_sql(&schema),
             disable_sql: format!(
                 "INSERT INTO {schema}.disabled_subscriptions (subscription, reason) \
                  VALUES ($1, $2) ON CONFLICT (subscription) DO NOTHING"
             ),
             prepared: None,
+            schema,
         }
     }
 
     /// Prepares the claim and record statements on `client`, so that each
-    /// claim and record is one round trip without parsing and planning.
-    /// Use the returned queue only with that connection.
-    pub async fn prepare(self, client: &Client) -> Result<DeliveryQueue, tokio_postgres::Error> {
+    /// claim and record is one round trip without parsing. The claim's window
+    /// is fixed for claims of up to `max_claim` rows, because with the window
+    /// as a parameter PostgreSQL 15 plans every execution anew: its generic
+    /// plan, which assumes an unknown limit, joins by a sequential scan of
+    /// all deliveries. Use the returned queue only with that connection.
+    pub async fn prepare(
+        self,
+        client: &Client,
+        max_claim: usize,
+    ) -> Result<DeliveryQueue, tokio_postgres::Error> {
+        let window = WindowSize::Fixed(claim_window(max_claim));
+        let claim_sql = claim_sql(&self.schema, window);
         let prepared = PreparedStatements {
-            claim: client.prepare(&self.claim_sql).await?,
+            claim: client.prepare(&claim_sql).await?,
             record: client.prepare(&self.record_sql).await?,
         };
         Ok(DeliveryQueue {
@@ -161,16 +183,17 @@ impl DeliveryQueue {
             .iter()
             .map(|(endpoint, room)| (endpoint.as_str(), *room))
             .unzip();
+        let lease_ms = millis(lease);
         let params: [&(dyn ToSql + Sync); 6] = [
             &limit,
-            &millis(lease),
+            &lease_ms,
             &endpoints,
             &room_sizes,
             &rooms.default_room,
             &window,
         ];
         let rows = match &self.prepared {
-            Some(prepared) => client.query(&prepared.claim, &params).await?,
+            Some(prepared) => client.query(&prepared.claim, &params[..5]).await?,
             None => client.query(&self.claim_sql, &params).await?,
         };
 
@@ -275,7 +298,7 @@ const MIN_CLAIM_WINDOW: usize = 32;
 const ENDPOINT_SQL: &str = "coalesce(lower(substring(d.url \
      from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]*)')), '')";
 
-/// Builds the claim. `window_ids` takes the first `$6` due rows in id order
+/// Builds the claim. `window_ids` takes the first `window` due rows in id order
 /// from `deliveries_pending_by_id`, whose second column lets the index skip
 /// rows that are not due without reading their heap tuples. It selects only
 /// the id and orders by both index columns, so the planner picks that index
@@ -293,10 +316,14 @@ const ENDPOINT_SQL: &str = "coalesce(lower(substring(d.url \
 /// a concurrent claim changed after this statement's snapshot.
 ///
 /// NOTE: the window bounds the cost of a claim but not what it skips. When
-/// more than `$6` due rows at the head of the queue are held or belong to an
+/// more than `window` due rows at the head of the queue are held or belong to an
 /// endpoint without room, such as one with an open circuit breaker, the rows
 /// behind them wait until the head drains.
-fn claim_sql(schema: &str) -> String {
+fn claim_sql(schema: &str, window: WindowSize) -> String {
+    let window = match window {
+        WindowSize::Parameter => "$6".to_owned(),
+        WindowSize::Fixed(rows) => rows.to_string(),
+    };
     format!(
         "WITH disabled AS MATERIALIZED ( \
              SELECT coalesce(array_agg(x.subscription), '{{}}') AS subscriptions \
@@ -305,7 +332,7 @@ fn claim_sql(schema: &str) -> String {
              SELECT d.id FROM {schema}.deliveries d \
              WHERE d.status = 'pending' AND d.next_attempt_at <= now() \
              ORDER BY d.id, d.next_attempt_at \
-             LIMIT $6), \
+             LIMIT {window}), \
          window_rows AS MATERIALIZED ( \
              SELECT d.id, d.subscription, d.job_ids, {ENDPOINT_SQL} AS endpoint \
              FROM window_ids i JOIN {schema}.deliveries d ON d.id = i.id), \
