@@ -2,12 +2,16 @@
 # Benchmarks walhook on a throwaway PostgreSQL cluster: catch-up against
 # pg_recvlogical, delivery rate, commit-to-receipt latency and peak memory.
 #
-# usage: bench/run.sh [--quick] [--profile] [--skip-delivery]
+# usage: bench/run.sh [--quick] [--profile] [--skip-delivery | --delivery-only]
 #   --quick          about 5,000 changes and short phases, no targets (for CI)
 #   --profile        also run a quick-sized catch-up under valgrind's callgrind
 #                    and print the top functions
 #   --skip-delivery  skip the delivery and latency phases, so only catch-up
 #                    and memory (and the profile, if asked) run
+#   --delivery-only  run only the delivery and latency phases. The queue is
+#                    filled by SQL with the deliveries that the catch-up would
+#                    store (same count, subscriptions, job ids and body sizes),
+#                    instead of by a timed catch-up
 #
 # Environment: PG_BIN (server binaries, default the newest
 # /usr/lib/postgresql/*/bin), BENCH_REPEAT (catch-up repetitions, default 3,
@@ -20,14 +24,24 @@ set -euo pipefail
 MODE=full
 PROFILE=false
 DELIVERY_PHASES=true
+DELIVERY_ONLY=false
 for arg in "$@"; do
     case "$arg" in
         --quick) MODE=quick ;;
         --profile) PROFILE=true ;;
         --skip-delivery) DELIVERY_PHASES=false ;;
-        *) echo "bench/run.sh: unknown option \`$arg\`; use --quick, --profile or --skip-delivery" >&2; exit 2 ;;
+        --delivery-only) DELIVERY_ONLY=true ;;
+        *) echo "bench/run.sh: unknown option \`$arg\`; use --quick, --profile, --skip-delivery or --delivery-only" >&2; exit 2 ;;
     esac
 done
+if [ "$DELIVERY_PHASES" = false ] && [ "$DELIVERY_ONLY" = true ]; then
+    echo "bench/run.sh: --skip-delivery and --delivery-only exclude each other" >&2
+    exit 2
+fi
+if [ "$PROFILE" = true ] && [ "$DELIVERY_ONLY" = true ]; then
+    echo "bench/run.sh: --profile profiles the catch-up, which --delivery-only skips" >&2
+    exit 2
+fi
 
 # Workload sizes. Catch-up changes = INSERT_TXS * 100 + 2 * SINGLE_TXS.
 COMPANIES=64
@@ -199,17 +213,30 @@ INSERT INTO webhook_subscriptions (company_id, url, secret)
 EOF
 
 # Writes the config of repetition $1 (slot and queue schema walhook_$1) to
-# stdout, from the repository's config.toml.
+# stdout, from the repository's config.toml. The 64 subscriptions stand for
+# 64 receivers but share the receiver's host:port, which walhook counts as
+# one endpoint, so per_endpoint_concurrency is raised to 64 to match.
 write_config() {
     local url="postgres://walhook@127.0.0.1:$PG_PORT/app?sslmode=disable"
     sed -e "s|^url = \"postgres://walhook@127.0.0.1:5432/app?sslmode=disable\"|url = \"$url\"\nstatus_interval = \"1s\"|" \
         -e "s|^slot = \"walhook\"|slot = \"walhook_$1\"|" \
         -e "s|^schema = \"walhook\"|schema = \"walhook_$1\"|" \
         -e "s|^allow_private_targets = false|allow_private_targets = true|" \
+        -e "s|^per_endpoint_concurrency = 8|per_endpoint_concurrency = 64|" \
         -e "s|^listen = .*|listen = \"127.0.0.1:0\"|" \
         -e "s|^filter = \"info\"|filter = \"warn\"|" \
         "$REPO/config.toml"
 }
+
+# With --delivery-only, the jobs exist before the slot does, so walhook never
+# decodes their inserts. They get the ids and companies of the workload below.
+if [ "$DELIVERY_ONLY" = true ]; then
+    REPEAT=1
+    query "INSERT INTO jobs (alt_id, company_id, first_name, last_name, address_1, city, state, zip)
+           SELECT 'B-' || i, 1000 + ((i - 1) / 100 + 1) % $COMPANIES, 'Pat', 'Lee', i || ' Main St',
+                  'Denver', 'CO', '80202'
+           FROM generate_series(1, $INSERT_TXS * 100) i" >/dev/null
+fi
 
 # Creates, per repetition, walhook's slot and queue schema (walhook setup)
 # and a pg_recvlogical slot, with no write in between, so both slots start
@@ -218,7 +245,8 @@ RUNS=$REPEAT
 [ "$PROFILE" = true ] && RUNS=$((REPEAT + 1))
 for run in $(seq "$RUNS"); do
     write_config "$run" >"$WORK/walhook_$run.toml"
-    for key in "walhook_$run" "127.0.0.1:$PG_PORT" 'allow_private_targets = true' 'status_interval'; do
+    for key in "walhook_$run" "127.0.0.1:$PG_PORT" 'allow_private_targets = true' 'status_interval' \
+        'per_endpoint_concurrency = 64'; do
         grep -q "$key" "$WORK/walhook_$run.toml" || fail "config.toml changed: cannot set \`$key\` in the bench config"
     done
     "$WALHOOK" setup --config "$WORK/walhook_$run.toml" >"$WORK/setup_$run.log" 2>&1 ||
@@ -227,6 +255,34 @@ for run in $(seq "$RUNS"); do
 done
 query "SELECT slot_name, confirmed_flush_lsn FROM pg_replication_slots ORDER BY slot_name" >"$WORK/slots.txt"
 
+# Fills the queue of repetition 1 with the deliveries that a catch-up of the
+# workload below stores: one NEW_JOB_CREATED of 100 jobs per insert
+# transaction, then alternating STAGE_CHANGED and CHAT_POSTED of one job, for
+# the subscription of the job's company. Bodies have the size of the real
+# ones; the receiver does not parse them in the delivery phase.
+fill_queue() {
+    psql_db app >/dev/null <<EOF
+INSERT INTO walhook_1.deliveries (webhook_id, commit_lsn, event_index, subscription, url, event, job_ids, body)
+SELECT 'msg_bench_new_' || t, '0/1', 0, 'sub_' || s.id, s.url, 'NEW_JOB_CREATED',
+       ARRAY(SELECT (t - 1) * 100 + i FROM generate_series(1, 100) i)::bigint[],
+       '{"event":"NEW_JOB_CREATED","jobs":[' || repeat('{"id":100000,"altId":"B-1000-100"},', 99)
+           || '{"id":100000,"altId":"B-1000-100"}]}'
+FROM generate_series(1, $INSERT_TXS) t
+JOIN webhook_subscriptions s ON s.company_id = 1000 + t % $COMPANIES
+ORDER BY t;
+INSERT INTO walhook_1.deliveries (webhook_id, commit_lsn, event_index, subscription, url, event, job_ids, body)
+SELECT 'msg_bench_' || v.kind || '_' || i, '0/1', 0, 'sub_' || s.id, s.url, v.kind, ARRAY[v.job],
+       '{"event":"' || v.kind || '","jobs":[{"jobId":' || v.job || ',"previousStage":4,"newStage":6,'
+           || '"previousStageTimestamp":"2021-05-20T05:15:19.000Z","newStageTimestamp":"2021-05-20T05:15:23.457Z"}]}'
+FROM generate_series(1, $SINGLE_TXS) i,
+     LATERAL (VALUES (1, 'STAGE_CHANGED', 1 + (i::bigint * 7919) % ($INSERT_TXS * 100)),
+                     (2, 'CHAT_POSTED', 1 + (i::bigint * 104729) % ($INSERT_TXS * 100))) AS v(position, kind, job)
+JOIN webhook_subscriptions s ON s.company_id = 1000 + ((v.job - 1) / 100 + 1) % $COMPANIES
+ORDER BY i, v.position;
+EOF
+}
+
+if [ "$DELIVERY_ONLY" = false ]; then
 # --- workload ----------------------------------------------------------------
 
 step "writing $CHANGES row changes in $((INSERT_TXS + 2 * SINGLE_TXS)) transactions"
@@ -260,6 +316,8 @@ EOF
 END_LSN=$(query "SELECT pg_current_wal_lsn()")
 result "workload write time (s)" "$(seconds_between "$(now)" "$started")"
 result "backlog WAL (MB)" "$(query "SELECT round(pg_wal_lsn_diff('$END_LSN', confirmed_flush_lsn) / 1048576.0, 1) FROM pg_replication_slots WHERE slot_name = 'recvlogical_1'")"
+
+fi
 
 # --- walhook process helpers ------------------------------------------------
 
@@ -343,6 +401,7 @@ receiver_stat() {
     curl -sf "$RECEIVER_URL/stats" | python3 -c "import json, sys; v = json.load(sys.stdin)['$1']; print('-' if v is None else (f'{v:.1f}' if isinstance(v, float) else v))"
 }
 
+if [ "$DELIVERY_ONLY" = false ]; then
 # --- 1. catch-up ----------------------------------------------------------------
 
 for run in $(seq "$REPEAT"); do
@@ -375,6 +434,15 @@ for run in $(seq "$REPEAT"); do
     result "catch-up $run: delivered during catch-up" "$(receiver_stat requests) of $DELIVERIES"
     stop_walhook
 done
+
+fi
+
+if [ "$DELIVERY_ONLY" = true ]; then
+    step "filling the queue with $DELIVERIES deliveries (--delivery-only)"
+    fill_queue
+    queued=$(query "SELECT count(*) FROM walhook_1.deliveries")
+    [ "$queued" = "$DELIVERIES" ] || fail "the queue holds $queued deliveries, expected $DELIVERIES"
+fi
 
 # --- 2. delivery ------------------------------------------------------------------
 
@@ -436,6 +504,7 @@ else
     query "VACUUM ANALYZE walhook_1.deliveries" >/dev/null
 fi
 
+if [ "$DELIVERY_ONLY" = false ]; then
 # --- 4. memory in one large transaction ----------------------------------------------
 
 step "memory: one transaction of $BIG_TX_ROWS job inserts"
@@ -449,6 +518,8 @@ wait_caught_up 1 "$BIG_END_LSN" "$CATCH_UP_TIMEOUT"
 result "large transaction: walhook time to store (s)" "$(seconds_between "$(now)" "$started") (load $(load_average))"
 result "large transaction: walhook peak RSS (MB)" "$(peak_rss_mb "$WALHOOK_PID")"
 stop_walhook
+
+fi
 
 # --- profile ---------------------------------------------------------------------------
 

@@ -751,3 +751,138 @@ async fn breaker_pauses_failing_endpoint() {
         first_probe - last_failure
     );
 }
+
+/// Ids of the rows that one claim of up to 10 rows takes.
+async fn claim_ids(queue: &DeliveryQueue, client: &Client) -> Vec<i64> {
+    let claimed = queue
+        .claim_due(client, 10, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    claimed.iter().map(|delivery| delivery.id).collect()
+}
+
+fn delivered_record(delivery_id: i64) -> AttemptRecord<'static> {
+    AttemptRecord {
+        delivery_id,
+        attempt: 1,
+        started_at: std::time::SystemTime::now(),
+        duration: Duration::from_millis(5),
+        status: Some(200),
+        response_body: Some("ok"),
+        error: None,
+        next: NextStep::Delivered,
+    }
+}
+
+#[tokio::test]
+async fn recorded_batch_releases_held_rows() {
+    let cluster = TestCluster::start();
+    let client = cluster.connect().await;
+    create_queue(&client).await;
+    let url = "http://127.0.0.1:9/";
+    let first_a = insert_job_delivery(&client, "msg_batch_1a", "sub_3", url, 1).await;
+    let second_a = insert_job_delivery(&client, "msg_batch_1b", "sub_3", url, 1).await;
+    let first_b = insert_job_delivery(&client, "msg_batch_2a", "sub_3", url, 2).await;
+    insert_job_delivery(&client, "msg_batch_2b", "sub_3", url, 2).await;
+    let queue = DeliveryQueue::new(SCHEMA);
+
+    assert_eq!(
+        claim_ids(&queue, &client).await,
+        vec![first_a, first_b],
+        "the second row of each job waits"
+    );
+    let stale = AttemptRecord {
+        attempt: 7,
+        ..delivered_record(first_b)
+    };
+    let applied = queue
+        .record_attempts(&client, &[delivered_record(first_a), stale])
+        .await
+        .expect("record batch");
+    assert_eq!(
+        applied,
+        vec![true, false],
+        "each record reports whether it applied"
+    );
+
+    assert_eq!(
+        claim_ids(&queue, &client).await,
+        vec![second_a],
+        "the delivered row releases its job, while the row with a stale record still holds back its job"
+    );
+    let (status, ..) = delivery_status(&client, first_b).await;
+    assert_eq!(status, "pending", "a stale record leaves the row pending");
+}
+
+#[tokio::test]
+async fn setup_rebuilds_pending_jobs() {
+    let cluster = TestCluster::start();
+    let client = cluster.connect().await;
+    create_queue(&client).await;
+    let url = "http://127.0.0.1:9/";
+    let first = insert_job_delivery(&client, "msg_upgrade_1", "sub_4", url, 1).await;
+    insert_job_delivery(&client, "msg_upgrade_2", "sub_4", url, 1).await;
+
+    // A queue created before the triggers existed has no pending_jobs rows.
+    let schema = quote_ident(SCHEMA);
+    client
+        .batch_execute(&format!("DELETE FROM {schema}.pending_jobs"))
+        .await
+        .expect("empty pending_jobs");
+    create_queue(&client).await;
+    create_queue(&client).await;
+
+    let count: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {schema}.pending_jobs"), &[])
+        .await
+        .expect("count pending_jobs")
+        .get(0);
+    assert_eq!(count, 2, "setup adds one pair per pending row, once");
+    let queue = DeliveryQueue::new(SCHEMA);
+    assert_eq!(
+        claim_ids(&queue, &client).await,
+        vec![first],
+        "the rebuilt pairs hold the second row"
+    );
+}
+
+#[tokio::test]
+async fn enable_unparks_disabled_rows() {
+    let cluster = TestCluster::start();
+    let client = cluster.connect().await;
+    create_queue(&client).await;
+    let url = "http://127.0.0.1:9/";
+    let parked = insert_job_delivery(&client, "msg_parked", "sub_5", url, 1).await;
+    let other = insert_job_delivery(&client, "msg_other", "sub_6", url, 2).await;
+    let queue = DeliveryQueue::new(SCHEMA);
+    queue
+        .disable_subscription(&client, "sub_5", "test")
+        .await
+        .expect("disable");
+
+    assert_eq!(
+        claim_ids(&queue, &client).await,
+        vec![other],
+        "a disabled subscription's row is not claimed"
+    );
+    let schema = quote_ident(SCHEMA);
+    let parked_at: String = client
+        .query_one(
+            &format!("SELECT next_attempt_at::text FROM {schema}.deliveries WHERE id = $1"),
+            &[&parked],
+        )
+        .await
+        .expect("read next_attempt_at")
+        .get(0);
+    assert_eq!(parked_at, "infinity", "the claim parked the row");
+
+    let enabled = walhook::queue::admin::enable_subscription(&client, SCHEMA, "sub_5")
+        .await
+        .expect("enable");
+    assert!(enabled, "the subscription was disabled");
+    assert_eq!(
+        claim_ids(&queue, &client).await,
+        vec![parked],
+        "enabling makes the parked row due"
+    );
+}

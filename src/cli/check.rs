@@ -419,11 +419,30 @@ async fn check_queue(config: &Config) -> Finding {
             )
         }
     };
-    let sql = "SELECT count(*) FROM pg_tables WHERE schemaname = $1
-               AND tablename IN ('progress', 'deliveries', 'attempts', 'disabled_subscriptions')";
+    // The claim relies on `pending_jobs`, the triggers that fill it and the
+    // index it walks, which `walhook setup` adds to a queue created earlier.
+    let sql = "SELECT (SELECT count(*) FROM pg_tables WHERE schemaname = $1
+                       AND tablename IN ('progress', 'deliveries', 'attempts',
+                                         'disabled_subscriptions', 'pending_jobs')),
+                      (SELECT count(*) FROM pg_trigger t
+                       JOIN pg_class c ON c.oid = t.tgrelid
+                       JOIN pg_namespace n ON n.oid = c.relnamespace
+                       WHERE n.nspname = $1 AND c.relname = 'deliveries'
+                         AND t.tgname IN ('deliveries_add_pending_jobs',
+                                          'deliveries_move_pending_jobs_on_update',
+                                          'deliveries_move_pending_jobs_on_delete',
+                                          'deliveries_clear_pending_jobs')),
+                      (SELECT count(*) FROM pg_indexes
+                       WHERE schemaname = $1 AND indexname = 'deliveries_pending_by_id')";
     match client.query_one(sql, &[schema]).await {
-        Ok(row) if row.get::<_, i64>(0) == 4 => Finding::ok(name),
-        Ok(_) => Finding::failed(name, "missing or incomplete; run `walhook setup`"),
+        Ok(row) if row.get::<_, i64>(0) < 5 => {
+            Finding::failed(name, "missing or incomplete; run `walhook setup`")
+        }
+        Ok(row) if row.get::<_, i64>(1) < 4 || row.get::<_, i64>(2) < 1 => Finding::failed(
+            name,
+            "was created by an older walhook and lacks the pending_jobs triggers or index; run `walhook setup`",
+        ),
+        Ok(_) => Finding::ok(name),
         Err(err) => Finding::failed(name, crate::db::describe(&err)),
     }
 }

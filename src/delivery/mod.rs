@@ -1,6 +1,7 @@
 //! Delivery: sending the queued webhooks to their receivers.
 //!
-//! [`worker`] claims due rows from the queue and records each attempt.
+//! [`worker`] claims due rows from the queue, and [`recorder`] stores the
+//! finished attempts in batches.
 //! [`http`] sends one signed POST through a client whose resolver applies the
 //! SSRF policy of [`guard`]. [`signing`] computes Standard Webhooks
 //! signatures, and [`retry`] decides what a response means for the delivery.
@@ -13,6 +14,7 @@ pub mod breaker;
 pub mod endpoints;
 pub mod guard;
 pub mod http;
+pub mod recorder;
 pub mod retry;
 pub mod settings;
 pub mod signing;

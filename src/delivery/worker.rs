@@ -7,9 +7,11 @@
 //! leaves: `delivery.per_endpoint_concurrency` minus the requests in flight,
 //! or none while the endpoint's circuit breaker is open. It keeps claiming
 //! while requests run, so a slow receiver holds only its own share of the
-//! permits and its own rows. It wakes when the enqueue side signals a commit,
-//! when a send finishes (the next delivery of that job may now be claimable),
-//! or after [`POLL_INTERVAL`].
+//! permits and its own rows. A send frees its endpoint's room when the
+//! response arrives and its permit once [`Recorder`] has stored the attempt.
+//! The loop wakes when the enqueue side signals a commit, when a response
+//! frees endpoint room, when a send task ends (the next delivery of that job
+//! may now be claimable), or after [`POLL_INTERVAL`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +24,14 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::endpoints::{EndpointOutcome, EndpointTable};
+use super::endpoints::{EndpointOutcome, EndpointTable, InFlight};
 use super::http::{AttemptReport, HttpError, WebhookRequest};
+use super::recorder::{FinishedAttempt, Recorder};
 use super::retry::{classify, next_delay, AttemptResult, Decision};
 use super::settings::{LiveSettings, Permits, SendSettings};
 use super::signing::{parse_secrets, SigningKey};
 use crate::config::{Config, DeliveryConfig};
-use crate::queue::{AttemptRecord, ClaimedDelivery, DeliveryQueue, NextStep};
+use crate::queue::{ClaimedDelivery, DeliveryQueue, NextStep};
 use crate::routing::{Subscription, SubscriptionKey, Subscriptions};
 
 /// Maximum wait between two claims when nothing signals new work. Retries
@@ -58,6 +61,8 @@ struct Shared {
     subscriptions: Arc<Subscriptions>,
     settings: LiveSettings,
     endpoints: Arc<EndpointTable>,
+    /// Signalled when a response frees room of an endpoint.
+    room_freed: Notify,
 }
 
 impl DeliveryWorkers {
@@ -80,6 +85,7 @@ impl DeliveryWorkers {
             subscriptions,
             settings: LiveSettings::new(SendSettings::new(config)?),
             endpoints: Arc::new(EndpointTable::new(config.per_endpoint_concurrency)),
+            room_freed: Notify::new(),
         };
         Ok(DeliveryWorkers {
             shared: Arc::new(shared),
@@ -100,12 +106,31 @@ impl DeliveryWorkers {
     /// connection closes.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let concurrency = self.shared.settings.current().concurrency();
+        let mut queue = self.prepare(concurrency).await?;
+        let mut prepared_for = concurrency;
         let mut permits = Permits::new(concurrency);
         let mut in_flight = JoinSet::new();
+        let (recorder, recorder_task) =
+            Recorder::spawn(Arc::clone(&self.shared.client), queue.clone());
         info!(concurrency, "delivery workers started");
 
         let result = loop {
-            if let Err(err) = self.claim_and_spawn(permits.settle(), &mut in_flight).await {
+            let concurrency = self.shared.settings.current().concurrency();
+            if concurrency != prepared_for {
+                match self.prepare(concurrency).await {
+                    Ok(prepared) => {
+                        queue = prepared;
+                        prepared_for = concurrency;
+                    }
+                    Err(err) => {
+                        warn!(error = %err, "preparing the claim for the new concurrency failed, retrying")
+                    }
+                }
+            }
+            let claimed = self
+                .claim_and_spawn(&queue, permits.settle(), &mut in_flight, &recorder)
+                .await;
+            if let Err(err) = claimed {
                 if self.shared.client.is_closed() {
                     break Err(err).context("queue connection closed");
                 }
@@ -116,6 +141,7 @@ impl DeliveryWorkers {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 _ = self.wake.notified() => {}
+                _ = self.shared.room_freed.notified() => {}
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
                 Some(joined) = in_flight.join_next() => log_join_error(joined),
                 Some(config) = next_config(&mut self.live) => self.apply(&config.delivery, &mut permits),
@@ -126,16 +152,34 @@ impl DeliveryWorkers {
         while let Some(joined) = in_flight.join_next().await {
             log_join_error(joined);
         }
+        // Every send task has received its reply, so no record request is left.
+        drop(recorder);
+        if let Err(err) = recorder_task.await {
+            error!(error = %err, "delivery recorder task panicked");
+        }
         info!("delivery workers stopped");
         result
+    }
+
+    /// Prepares the claim and record statements for claims of up to
+    /// `concurrency` rows.
+    async fn prepare(&self, concurrency: usize) -> anyhow::Result<DeliveryQueue> {
+        self.shared
+            .queue
+            .clone()
+            .prepare(&self.shared.client, concurrency)
+            .await
+            .context("preparing the claim and record statements failed")
     }
 
     /// Claims as many due deliveries as there are free permits and spawns a
     /// send task for each.
     async fn claim_and_spawn(
         &self,
+        queue: &DeliveryQueue,
         permits: &Arc<Semaphore>,
         in_flight: &mut JoinSet<()>,
+        recorder: &Recorder,
     ) -> Result<(), tokio_postgres::Error> {
         while let Some(joined) = in_flight.try_join_next() {
             log_join_error(joined);
@@ -147,9 +191,7 @@ impl DeliveryWorkers {
 
         let rooms = self.shared.endpoints.rooms(std::time::Instant::now());
         let lease = self.shared.settings.current().lease();
-        let claimed = self
-            .shared
-            .queue
+        let claimed = queue
             .claim_due_within(&self.shared.client, free, lease, &rooms)
             .await?;
         for delivery in claimed {
@@ -157,10 +199,10 @@ impl DeliveryWorkers {
                 .try_acquire_owned()
                 .expect("no more deliveries are claimed than there are free permits");
             let shared = Arc::clone(&self.shared);
+            let recorder = recorder.clone();
             let endpoint = shared.endpoints.start(&delivery.endpoint);
             in_flight.spawn(async move {
-                let outcome = shared.deliver(delivery).await;
-                endpoint.finish(outcome);
+                shared.deliver(delivery, endpoint, &recorder).await;
                 drop(permit);
             });
         }
@@ -212,21 +254,23 @@ async fn next_config(live: &mut Option<watch::Receiver<Arc<Config>>>) -> Option<
 }
 
 impl Shared {
-    /// Makes one attempt of a claimed delivery, records it, and returns what
-    /// it showed about the endpoint.
-    async fn deliver(&self, delivery: ClaimedDelivery) -> EndpointOutcome {
+    /// Makes one attempt of a claimed delivery, frees its endpoint room with
+    /// what the attempt showed about the endpoint, and records it.
+    async fn deliver(&self, delivery: ClaimedDelivery, endpoint: InFlight, recorder: &Recorder) {
         let subscription = match self.find_subscription(&delivery.subscription) {
             Ok(subscription) => subscription,
             Err(reason) => {
-                self.fail_unsendable(&delivery, &reason).await;
-                return EndpointOutcome::Unknown;
+                self.free_room(endpoint, EndpointOutcome::Unknown);
+                self.fail_unsendable(&delivery, &reason, recorder).await;
+                return;
             }
         };
         let keys = match signing_keys(&subscription) {
             Ok(keys) => keys,
             Err(message) => {
-                self.fail_unsigned(&delivery, message).await;
-                return EndpointOutcome::Unknown;
+                self.free_room(endpoint, EndpointOutcome::Unknown);
+                self.fail_unsigned(&delivery, message, recorder).await;
+                return;
             }
         };
 
@@ -259,13 +303,21 @@ impl Shared {
         );
         crate::ops::metrics::delivery_sent(report.duration);
 
-        let next = self.decide(&delivery, &report).await;
-        self.record(&delivery, &report, next).await;
-        match classify(report.result) {
+        let outcome = match classify(report.result) {
             Decision::Delivered => EndpointOutcome::Succeeded,
             Decision::Retry => EndpointOutcome::Failed,
             Decision::Disable => EndpointOutcome::Unknown,
-        }
+        };
+        self.free_room(endpoint, outcome);
+        let next = self.decide(&delivery, &report).await;
+        self.record(&delivery, report, next, recorder).await;
+    }
+
+    /// Ends a request to an endpoint and wakes the claim loop, which may now
+    /// claim another row of that endpoint.
+    fn free_room(&self, endpoint: InFlight, outcome: EndpointOutcome) {
+        endpoint.finish(outcome);
+        self.room_freed.notify_one();
     }
 
     /// Returns the live subscription of a delivery, or why it cannot be sent.
@@ -371,7 +423,7 @@ impl Shared {
 
     /// Fails a delivery that cannot be sent at all, such as one whose
     /// subscription was deleted.
-    async fn fail_unsendable(&self, delivery: &ClaimedDelivery, reason: &str) {
+    async fn fail_unsendable(&self, delivery: &ClaimedDelivery, reason: &str, recorder: &Recorder) {
         error!(
             delivery_id = delivery.id,
             subscription = %delivery.subscription,
@@ -379,30 +431,42 @@ impl Shared {
             "delivery failed, subscription unavailable"
         );
         let report = unsent_report(reason.to_owned());
-        self.record(delivery, &report, NextStep::Failed).await;
+        self.record(delivery, report, NextStep::Failed, recorder)
+            .await;
     }
 
     /// Retries a delivery whose subscription secret does not parse, because
     /// the administrator can fix the secret before the schedule runs out.
-    async fn fail_unsigned(&self, delivery: &ClaimedDelivery, message: String) {
+    async fn fail_unsigned(
+        &self,
+        delivery: &ClaimedDelivery,
+        message: String,
+        recorder: &Recorder,
+    ) {
         let report = unsent_report(message);
         let next = self.retry_or_fail(delivery, &report);
-        self.record(delivery, &report, next).await;
+        self.record(delivery, report, next, recorder).await;
     }
 
-    async fn record(&self, delivery: &ClaimedDelivery, report: &AttemptReport, next: NextStep) {
+    async fn record(
+        &self,
+        delivery: &ClaimedDelivery,
+        report: AttemptReport,
+        next: NextStep,
+        recorder: &Recorder,
+    ) {
         crate::ops::metrics::delivery_recorded(&delivery.subscription, next);
-        let record = AttemptRecord {
+        let attempt = FinishedAttempt {
             delivery_id: delivery.id,
             attempt: delivery.attempt,
             started_at: report.started_at,
             duration: report.duration,
             status: status_of(report.result),
-            response_body: report.response_body.as_deref(),
-            error: report.error.as_deref(),
+            response_body: report.response_body,
+            error: report.error,
             next,
         };
-        match self.queue.record_attempt(&self.client, &record).await {
+        match recorder.record(attempt).await {
             Ok(true) => {}
             Ok(false) => warn!(
                 delivery_id = delivery.id,

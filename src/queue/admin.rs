@@ -29,7 +29,8 @@ pub struct DeliverySummary {
     pub job_ids: Vec<i64>,
     pub status: String,
     pub attempts: i32,
-    /// UTC, ISO 8601.
+    /// UTC, ISO 8601, or `infinity` while a claim has parked the delivery
+    /// because its subscription is disabled.
     pub next_attempt_at: String,
     pub created_at: String,
     pub last_status: Option<i32>,
@@ -46,7 +47,9 @@ pub async fn list_deliveries(
 ) -> Result<Vec<DeliverySummary>, tokio_postgres::Error> {
     let sql = format!(
         "SELECT id, webhook_id, subscription, event, job_ids, status, attempts,
-                to_char(next_attempt_at AT TIME ZONE 'UTC', {TIME_FORMAT}),
+                CASE WHEN isfinite(next_attempt_at)
+                     THEN to_char(next_attempt_at AT TIME ZONE 'UTC', {TIME_FORMAT})
+                     ELSE 'infinity' END,
                 to_char(created_at AT TIME ZONE 'UTC', {TIME_FORMAT}),
                 last_status, last_error
          FROM {}.deliveries
@@ -120,15 +123,23 @@ pub async fn retry_failed(
 }
 
 /// Re-enables a subscription that a receiver disabled with 410 Gone; returns
-/// whether it was disabled.
+/// whether it was disabled. Its pending deliveries, which claims parked at
+/// `infinity`, become due now.
 pub async fn enable_subscription(
     client: &Client,
     schema: &str,
     subscription: &str,
 ) -> Result<bool, tokio_postgres::Error> {
+    let schema = quote_ident(schema);
     let sql = format!(
-        "DELETE FROM {}.disabled_subscriptions WHERE subscription = $1",
-        quote_ident(schema)
+        "WITH enabled AS ( \
+             DELETE FROM {schema}.disabled_subscriptions WHERE subscription = $1 \
+             RETURNING subscription), \
+         unparked AS ( \
+             UPDATE {schema}.deliveries SET next_attempt_at = now() \
+             WHERE subscription = $1 AND status = 'pending' AND next_attempt_at = 'infinity') \
+         SELECT count(*) FROM enabled"
     );
-    Ok(client.execute(&sql, &[&subscription]).await? > 0)
+    let enabled: i64 = client.query_one(&sql, &[&subscription]).await?.get(0);
+    Ok(enabled > 0)
 }
