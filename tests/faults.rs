@@ -627,14 +627,17 @@ async fn crash_loop_loses_nothing() {
 }
 
 #[tokio::test]
-async fn missing_slot_is_created_at_start() {
+async fn missing_slot_is_created_only_before_progress() {
     let (db, receiver) = prepared_db().await;
     let config = db.config();
     let mut daemon = Daemon::setup_and_start(&config);
+    wait_for_log(&daemon, "replication started").await;
     daemon.terminate();
+
+    // Before walhook stored any progress, a missing slot is created, as
+    // `walhook setup` would.
     db.execute(&format!("SELECT pg_drop_replication_slot('{}')", db.slot()))
         .await;
-
     daemon.restart();
     wait_for_log(&daemon, "replication slot was missing and is created").await;
     wait_for_log(&daemon, "replication started").await;
@@ -643,6 +646,35 @@ async fn missing_slot_is_created_at_start() {
     assert_eq!(
         new_stage_within(&receiver, "stage after the slot was created").await,
         2
+    );
+    daemon.terminate();
+
+    // Once progress is stored, a missing slot is a gap: the daemon stops
+    // with exit status 78 and names it.
+    db.execute(&format!("SELECT pg_drop_replication_slot('{}')", db.slot()))
+        .await;
+    db.execute("UPDATE jobs SET stage_id = 3 WHERE id = 7001")
+        .await;
+    daemon.restart();
+    let exit = wait_for_exit(&mut daemon).await;
+    let log = daemon.log();
+    assert_eq!(exit.code(), Some(78), "exit status 78:\n{log}");
+    assert!(
+        log.contains("is missing, but the queue holds progress up to"),
+        "the error names the gap:\n{log}"
+    );
+
+    // With permission, the slot is created and the gap logged.
+    let config = format!("{config}\n[replication]\nrecreate_invalidated_slot = true\n");
+    let mut daemon = Daemon::start(&config);
+    wait_for_log(&daemon, "replication slot was dropped and is re-created").await;
+    wait_for_log(&daemon, "replication started").await;
+    db.execute("UPDATE jobs SET stage_id = 4 WHERE id = 7001")
+        .await;
+    assert_eq!(
+        new_stage_within(&receiver, "stage after the slot was re-created").await,
+        4,
+        "the change in the gap is not delivered, the one after it is"
     );
     daemon.terminate();
 }

@@ -80,9 +80,10 @@ async fn connect(config: &Config) -> Result<Client, String> {
         .await
         .map_err(|err| {
             let text = crate::db::describe(&err);
-            if text.contains("no encryption") {
-                // pg_hba.conf has only `hostssl` lines for this client.
-                format!("{text}; the server accepts this role only over TLS: set sslmode=require, verify-ca or verify-full in source.url")
+            if text.contains("no pg_hba.conf entry") {
+                // The server names the encryption it saw ("no encryption",
+                // "SSL encryption"), whatever lines pg_hba.conf has.
+                format!("{text}; add a pg_hba.conf line for this role, database and address (`host DATABASE ROLE ADDRESS scram-sha-256`, as sql/setup.sql shows) and reload the server, or, when the server accepts this role only over TLS (`hostssl` lines), set sslmode=require, verify-ca or verify-full in source.url")
             } else {
                 format!("{text}; check source.url and that the server accepts the role")
             }

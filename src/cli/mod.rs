@@ -91,6 +91,9 @@ enum Command {
 /// Parses the arguments and runs the command.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Demo) {
+        stop_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Run { config } => run(&config).await,
         Command::Check { config } => check::run(&config).await,
@@ -168,6 +171,19 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = interrupt.recv() => tracing::info!("SIGINT received, stopping"),
     }
     shutdown.cancel();
+}
+
+/// Lets a command that prints end quietly when the reader of its output goes
+/// away (`walhook check | head -1`), as other command-line tools do, instead
+/// of failing on the write. The daemon keeps SIGPIPE ignored, so a receiver
+/// or database that closes its socket gives an error, not a signal.
+fn stop_on_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: the default disposition runs no handler code in the process,
+    // and sigaction may be called from any thread.
+    if let Err(err) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        tracing::debug!(error = %err, "cannot restore the default SIGPIPE action");
+    }
 }
 
 fn report(err: &anyhow::Error) -> ExitCode {

@@ -125,8 +125,9 @@ pub struct DeliveryConfig {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationConfig {
-    /// Drops and re-creates a slot that PostgreSQL invalidated, logging the
-    /// LSN range whose changes are lost, instead of stopping with an error.
+    /// Drops and re-creates a slot that PostgreSQL invalidated, or creates
+    /// one that was dropped after progress was stored, logging the LSN range
+    /// whose changes are lost, instead of stopping with an error.
     #[serde(default)]
     pub recreate_invalidated_slot: bool,
 }

@@ -495,6 +495,12 @@ fn signing_keys(subscription: &Subscription) -> Result<Vec<SigningKey>, String> 
             .map_err(|err| format!("subscription `{}`: {err}", subscription.key))?;
         keys.extend(parsed);
     }
+    if keys.is_empty() {
+        return Err(format!(
+            "subscription `{}` has no signing secret, and webhooks are never sent unsigned: set a `whsec_` secret in its secret column, or `secret` or `secret_file` in its [[endpoints]] entry",
+            subscription.key
+        ));
+    }
     Ok(keys)
 }
 
@@ -519,5 +525,39 @@ fn status_of(result: AttemptResult) -> Option<u16> {
 fn log_join_error(joined: Result<(), tokio::task::JoinError>) {
     if let Err(err) = joined {
         error!(error = %err, "delivery task panicked");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::routing::Owner;
+
+    fn subscription(secrets: Vec<Secret>) -> Subscription {
+        Subscription {
+            key: SubscriptionKey::App(7),
+            owner: Owner::Company(1),
+            url: "https://hooks.example.com/7".to_owned(),
+            secrets,
+            events: None,
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn subscription_without_secret_is_not_signed_or_sent() {
+        let error = signing_keys(&subscription(Vec::new())).expect_err("no keys");
+        assert!(error.contains("`sub_7` has no signing secret"), "{error}");
+    }
+
+    #[test]
+    fn each_secret_gives_a_key() {
+        let secrets = vec![
+            Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()),
+            Secret::new("whsec_dGVzdC1zZWNyZXQtdHdv".to_owned()),
+        ];
+        let keys = signing_keys(&subscription(secrets)).expect("keys");
+        assert_eq!(keys.len(), 2);
     }
 }

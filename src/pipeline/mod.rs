@@ -76,6 +76,15 @@ pub enum PipelineError {
         /// slot would start.
         current: Lsn,
     },
+    #[error("replication slot `{slot}` is missing, but the queue holds progress up to `{stored}`: the changes after it are gone with the slot; set replication.recreate_invalidated_slot = true to create the slot at the current WAL position (`{current}`), and redeliver the gap from the application")]
+    SlotDropped {
+        slot: String,
+        /// The last position stored in the queue, where the gap starts.
+        stored: Lsn,
+        /// The server's current WAL position, close to where a new slot
+        /// would start.
+        current: Lsn,
+    },
     #[error("the server ended the replication stream")]
     StreamEnded,
     #[error("replication task panicked: {0}")]
@@ -97,7 +106,9 @@ impl PipelineError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            PipelineError::SlotInvalidated { .. } | PipelineError::SlotPlugin { .. }
+            PipelineError::SlotInvalidated { .. }
+                | PipelineError::SlotDropped { .. }
+                | PipelineError::SlotPlugin { .. }
         )
     }
 }

@@ -10,11 +10,21 @@ use tokio_postgres::Client;
 
 use super::PipelineError;
 use crate::config::Config;
+use crate::queue::Progress;
 use crate::replication::Lsn;
 
 /// Returns the slot's confirmed position, creating the slot when it is
 /// missing (as `walhook setup` would) and handling an invalidated one.
-pub async fn prepare(client: &Client, config: &Config) -> Result<Lsn, PipelineError> {
+///
+/// A missing slot is created without asking only while the queue holds no
+/// progress (`stored`). Once walhook has read from a slot, a missing one
+/// means that the changes since `stored` are gone, as with an invalidated
+/// slot, and the same setting decides.
+pub async fn prepare(
+    client: &Client,
+    config: &Config,
+    stored: Option<Progress>,
+) -> Result<Lsn, PipelineError> {
     let slot = &config.source.slot;
     let row = client
         .query_opt(
@@ -25,9 +35,7 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<Lsn, PipelineEr
         .await
         .map_err(PipelineError::Source)?;
     let Some(row) = row else {
-        let lsn = create(client, slot).await?;
-        tracing::warn!(slot = %slot, lsn = %lsn, "replication slot was missing and is created; changes committed before it are not delivered");
-        return Ok(lsn);
+        return recreate_missing(client, config, stored).await;
     };
     let confirmed = parse_lsn(row.get(0));
     let wal_status: Option<String> = row.get(1);
@@ -55,6 +63,34 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<Lsn, PipelineEr
         gap_start = %confirmed,
         gap_end = %lsn,
         "replication slot was invalidated and is re-created; changes committed in the gap are not delivered"
+    );
+    Ok(lsn)
+}
+
+async fn recreate_missing(
+    client: &Client,
+    config: &Config,
+    stored: Option<Progress>,
+) -> Result<Lsn, PipelineError> {
+    let slot = &config.source.slot;
+    let Some(stored) = stored else {
+        let lsn = create(client, slot).await?;
+        tracing::warn!(slot = %slot, lsn = %lsn, "replication slot was missing and is created; changes committed before it are not delivered");
+        return Ok(lsn);
+    };
+    if !config.replication.recreate_invalidated_slot {
+        return Err(PipelineError::SlotDropped {
+            slot: slot.clone(),
+            stored: stored.end_lsn,
+            current: current_wal_lsn(client).await?,
+        });
+    }
+    let lsn = create(client, slot).await?;
+    tracing::error!(
+        slot = %slot,
+        gap_start = %stored.end_lsn,
+        gap_end = %lsn,
+        "replication slot was dropped and is re-created; changes committed in the gap are not delivered"
     );
     Ok(lsn)
 }

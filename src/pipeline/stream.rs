@@ -72,7 +72,7 @@ pub async fn stream_once(context: Arc<StreamContext>) -> Result<(), PipelineErro
     );
     let lookups = super::connect_source(config).await?;
     let progress = outbox.progress().await?;
-    let slot_confirmed = super::slot::prepare(&lookups, config).await?;
+    let slot_confirmed = super::slot::prepare(&lookups, config, progress).await?;
     // Reporting a position below the slot's would move it backwards on
     // PostgreSQL 15, so the stream starts at the later of the two.
     let start = progress
