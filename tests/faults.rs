@@ -660,7 +660,7 @@ async fn missing_slot_is_created_only_before_progress() {
     let log = daemon.log();
     assert_eq!(exit.code(), Some(78), "exit status 78:\n{log}");
     assert!(
-        log.contains("is missing, but the queue holds progress up to"),
+        log.contains("is missing, but the queue has stored progress up to"),
         "the error names the gap:\n{log}"
     );
 

@@ -76,7 +76,7 @@ pub enum PipelineError {
         /// slot would start.
         current: Lsn,
     },
-    #[error("replication slot `{slot}` is missing, but the queue holds progress up to `{stored}`: the changes after it are gone with the slot; set replication.recreate_invalidated_slot = true to create the slot at the current WAL position (`{current}`), and redeliver the gap from the application")]
+    #[error("replication slot `{slot}` is missing, but the queue has stored progress up to `{stored}`: the changes after it are gone with the slot; set replication.recreate_invalidated_slot = true to create the slot at the current WAL position (`{current}`), and redeliver the gap from the application")]
     SlotDropped {
         slot: String,
         /// The last position stored in the queue, where the gap starts.

@@ -16,7 +16,7 @@ use crate::replication::Lsn;
 /// Returns the slot's confirmed position, creating the slot when it is
 /// missing (as `walhook setup` would) and handling an invalidated one.
 ///
-/// A missing slot is created without asking only while the queue holds no
+/// A missing slot is created without asking only while the queue contains no
 /// progress (`stored`). Once walhook has read from a slot, a missing one
 /// means that the changes since `stored` are gone, as with an invalidated
 /// slot, and the same setting decides.
