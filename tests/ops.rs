@@ -446,6 +446,22 @@ async fn cli_ping_arrives() {
         .map(|jobs| jobs.iter().filter_map(|job| job["id"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(ids, ["5001", "5002"], "both jobs in one PING: {json}");
+
+    let unknown = support::walhook(&[
+        "ping",
+        "--config",
+        &config_path,
+        "--subscription",
+        "999999",
+        "--job",
+        "5001",
+    ]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success(), "a PING to no subscription fails");
+    assert!(
+        stderr.contains("subscription 999999 not found"),
+        "the error names the subscription: {stderr}"
+    );
     daemon.terminate();
 }
 

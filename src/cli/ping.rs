@@ -13,7 +13,7 @@ use crate::ops::database::{emit_ping, LazyClient};
 pub async fn run(path: &Path, subscription: i64, jobs: &[i64]) -> anyhow::Result<()> {
     let config: Config = super::load_config(path)?;
     let source = LazyClient::new(config.source_postgres()?, "application");
-    let lsn = emit_ping(&source, subscription, jobs).await?;
+    let lsn = emit_ping(&source, &config.subscriptions, subscription, jobs).await?;
     println!(
         "PING requested for subscription {subscription}, {} job(s), at LSN {lsn}; the running daemon sends it",
         jobs.len()

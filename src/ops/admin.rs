@@ -116,7 +116,14 @@ async fn request_ping(
             "`jobs` is empty: list at least one job id",
         );
     }
-    match emit_ping(&state.source, body.subscription, &body.jobs).await {
+    match emit_ping(
+        &state.source,
+        &state.subscriptions,
+        body.subscription,
+        &body.jobs,
+    )
+    .await
+    {
         Ok(lsn) => {
             tracing::info!(subscription_id = body.subscription, jobs = body.jobs.len(), lsn = %lsn, "PING requested through the admin API");
             (
@@ -261,6 +268,9 @@ fn parse_since(text: &str) -> Result<SystemTime, String> {
 }
 
 fn database_error(err: &DatabaseError) -> Response {
+    if matches!(err, DatabaseError::SubscriptionNotFound { .. }) {
+        return error(StatusCode::NOT_FOUND, &err.to_string());
+    }
     tracing::warn!(error = %err, "admin request failed");
     error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string())
 }

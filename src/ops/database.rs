@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
-use crate::config::{quote_ident, PostgresTarget};
+use crate::config::{quote_ident, PostgresTarget, QualifiedName, SubscriptionsTable};
 use crate::payload::EventKind;
 use crate::replication::Lsn;
 
@@ -29,6 +29,8 @@ pub enum DatabaseError {
     },
     #[error("{database} database did not respond within {STATEMENT_TIMEOUT:?}")]
     TimedOut { database: &'static str },
+    #[error("subscription {id} not found in `{table}`: PING a subscription id of that table")]
+    SubscriptionNotFound { id: i64, table: String },
     #[error("pg_logical_emit_message returned an invalid LSN `{0}`")]
     InvalidLsn(String),
 }
@@ -109,6 +111,7 @@ pub async fn queue_stats(queue: &LazyClient, schema: &str) -> Result<QueueStats,
 /// `pg_logical_emit_message`: it needs no grant and no REPLICATION attribute.
 pub async fn emit_ping(
     source: &LazyClient,
+    table: &SubscriptionsTable,
     subscription: i64,
     jobs: &[i64],
 ) -> Result<Lsn, DatabaseError> {
@@ -118,12 +121,20 @@ pub async fn emit_ping(
         "subscription": subscription,
         "jobs": jobs,
     });
+    // One statement checks the subscription and writes the message, so no
+    // message is written for an id that the table does not contain.
+    let sql = format!(
+        "SELECT pg_logical_emit_message(true, 'walhook', $1::text)::text FROM {} WHERE {}::text = $2 LIMIT 1",
+        QualifiedName::parse(&table.table).quoted(),
+        quote_ident(&table.id)
+    );
     let row = source
-        .within_timeout(client.query_one(
-            "SELECT pg_logical_emit_message(true, 'walhook', $1::text)::text",
-            &[&message.to_string()],
-        ))
-        .await?;
+        .within_timeout(client.query_opt(&sql, &[&message.to_string(), &subscription.to_string()]))
+        .await?
+        .ok_or_else(|| DatabaseError::SubscriptionNotFound {
+            id: subscription,
+            table: table.table.clone(),
+        })?;
     let text: String = row.get(0);
     text.parse().map_err(|_| DatabaseError::InvalidLsn(text))
 }

@@ -24,6 +24,8 @@ pub struct OpsState {
     pub queue: Arc<LazyClient>,
     pub source: Arc<LazyClient>,
     pub schema: String,
+    /// The application's subscriptions table, which a PING must name a row of.
+    pub subscriptions: crate::config::SubscriptionsTable,
     /// `None` when `http.admin_token_file` is unset: the admin API is off.
     /// A reload replaces it.
     pub admin_token: RwLock<Option<Arc<AdminToken>>>,

@@ -53,6 +53,7 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
         queue: Arc::clone(&queue),
         source: Arc::new(LazyClient::new(config.source_postgres()?, "application")),
         schema: config.queue.schema.clone(),
+        subscriptions: config.subscriptions.clone(),
         admin_token: std::sync::RwLock::new(admin_token),
     });
     health::mark_progress();
