@@ -304,7 +304,10 @@ const ENDPOINT_SQL: &str = "coalesce(lower(substring(d.url \
 /// the id and orders by both index columns, so the planner picks that index
 /// over the primary key, which would read every delivered row before the
 /// first pending one while the statistics still count them as pending.
-/// `window_rows` then reads those rows. Within that window,
+/// It skips the rows of endpoints that have no room (`full_endpoints`: all
+/// their requests in flight, or an open circuit breaker), so that a failing
+/// endpoint's backlog does not fill the window. `window_rows` then reads
+/// those rows. Within that window,
 /// `parked` moves the rows of disabled subscriptions to `infinity`, so they
 /// stop taking window places until [`crate::queue::admin::enable_subscription`]
 /// makes them due again. `ranked` drops the rows that an older pending row of
@@ -315,10 +318,12 @@ const ENDPOINT_SQL: &str = "coalesce(lower(substring(d.url \
 /// status and time conditions because PostgreSQL rechecks them on a row that
 /// a concurrent claim changed after this statement's snapshot.
 ///
-/// NOTE: the window bounds the cost of a claim but not what it skips. When
-/// more than `window` due rows at the head of the queue are held or belong to an
-/// endpoint without room, such as one with an open circuit breaker, the rows
-/// behind them wait until the head drains.
+/// NOTE: the window bounds the rows ranked, not the rows scanned. Skipping a
+/// full endpoint's rows reads each of them and evaluates `ENDPOINT_SQL`, so a
+/// claim behind a large backlog of such rows costs time in proportion to it.
+/// More than `window` held rows at the head, or rows of an endpoint with
+/// little room left, still make the rows behind them wait until the head
+/// drains.
 fn claim_sql(schema: &str, window: WindowSize) -> String {
     let window = match window {
         WindowSize::Parameter => "$6".to_owned(),
@@ -328,9 +333,14 @@ fn claim_sql(schema: &str, window: WindowSize) -> String {
         "WITH disabled AS MATERIALIZED ( \
              SELECT coalesce(array_agg(x.subscription), '{{}}') AS subscriptions \
              FROM {schema}.disabled_subscriptions x), \
+         full_endpoints AS MATERIALIZED ( \
+             SELECT coalesce(array_agg(r.endpoint), '{{}}') AS endpoints \
+             FROM unnest($3::text[], $4::int4[]) AS r(endpoint, room) \
+             WHERE r.room <= 0), \
          window_ids AS MATERIALIZED ( \
              SELECT d.id FROM {schema}.deliveries d \
              WHERE d.status = 'pending' AND d.next_attempt_at <= now() \
+               AND {ENDPOINT_SQL} <> ALL ((SELECT endpoints FROM full_endpoints)::text[]) \
              ORDER BY d.id, d.next_attempt_at \
              LIMIT {window}), \
          window_rows AS MATERIALIZED ( \
