@@ -189,6 +189,9 @@ impl Config {
                     "must start with http:// or https://",
                 ));
             }
+            if let Some(secret) = &endpoint.secret {
+                validate_secret(&format!("{key}.secret"), secret)?;
+            }
             if endpoint.secret.is_none() && endpoint.secret_file.is_none() {
                 return Err(invalid(
                     &key,
@@ -215,11 +218,20 @@ impl Config {
         for (index, endpoint) in self.endpoints.iter_mut().enumerate() {
             if let Some(path) = &endpoint.secret_file {
                 let key = format!("endpoints[{index}].secret_file");
-                endpoint.secret = Some(read_secret(&key, path)?);
+                let secret = read_secret(&key, path)?;
+                validate_secret(&key, &secret)?;
+                endpoint.secret = Some(secret);
             }
         }
         Ok(())
     }
+}
+
+/// Checks that `secret` contains one or more `whsec_` signing secrets.
+fn validate_secret(key: &str, secret: &Secret) -> Result<(), ConfigError> {
+    crate::delivery::signing::parse_secrets(secret)
+        .map(|_| ())
+        .map_err(|err| invalid(key, err.to_string()))
 }
 
 fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
@@ -396,8 +408,18 @@ enabled = "enabled"
 
     #[test]
     fn secrets_are_not_printed() {
-        let text = format!("{MINIMAL}\n[[endpoints]]\nurl = \"https://hooks.example.com/x\"\nsecret = \"whsec_topsecret\"\n");
+        let text = format!("{MINIMAL}\n[[endpoints]]\nurl = \"https://hooks.example.com/x\"\nsecret = \"whsec_dG9wc2VjcmV0\"\n");
         let config = load_str(&text).expect("valid config");
-        assert!(!format!("{config:?}").contains("topsecret"));
+        assert!(!format!("{config:?}").contains("dG9wc2VjcmV0"));
+    }
+
+    #[test]
+    fn endpoint_secret_must_decode() {
+        for secret in ["", "whsec_notbase64!!!"] {
+            let text = format!("{MINIMAL}\n[[endpoints]]\nurl = \"https://hooks.example.com/x\"\nsecret = \"{secret}\"\n");
+            let error = error_of(&text);
+            assert!(error.contains("endpoints[0].secret"), "{error}");
+            assert!(error.contains("whsec_<base64>"), "{error}");
+        }
     }
 }
