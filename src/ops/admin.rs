@@ -4,7 +4,7 @@
 //!
 //! Every request needs `Authorization: Bearer TOKEN` with the token of
 //! `http.admin_token_file`, compared in constant time. Without that file the
-//! admin API answers 404 to everything.
+//! admin API returns 404 for every request.
 
 use std::sync::Arc;
 use std::time::SystemTime;

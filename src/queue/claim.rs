@@ -102,7 +102,7 @@ struct PreparedStatements {
     record: Statement,
 }
 
-/// How the claim statement gets the size of its window of due rows.
+/// Source of the size of the claim statement's window of due rows.
 #[derive(Clone, Copy, Debug)]
 enum WindowSize {
     /// As parameter `$6`, computed from each claim's limit.
