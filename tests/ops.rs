@@ -342,6 +342,11 @@ async fn admin_api_requires_token() {
         .await
         .expect("list answers");
     assert_eq!(list.status(), 401, "listing without token");
+    let rejections = daemon
+        .log()
+        .matches("admin request without a valid bearer token rejected")
+        .count();
+    assert_eq!(rejections, 1, "three rejected requests log one line");
     let accepted = ping(Some(ADMIN_TOKEN))
         .await
         .expect("request with token answers");

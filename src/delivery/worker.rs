@@ -31,6 +31,7 @@ use super::retry::{classify, next_delay, AttemptResult, Decision};
 use super::settings::{LiveSettings, Permits, SendSettings};
 use super::signing::{parse_secrets, SigningKey};
 use crate::config::{Config, DeliveryConfig};
+use crate::ops::repeats::{Repeats, REPEAT_INTERVAL};
 use crate::queue::{ClaimedDelivery, DeliveryQueue, NextStep};
 use crate::routing::{Subscription, SubscriptionKey, Subscriptions};
 
@@ -42,6 +43,10 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// recording the attempt fits inside the lease. After a crash, the claimed
 /// rows are sent again once their lease ends, so the margin is kept short.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
+/// Log lines of failed claims, which repeat every [`CLAIM_ERROR_BACKOFF`]
+/// while the queue database fails.
+static CLAIM_FAILURES: Repeats = Repeats::new(REPEAT_INTERVAL);
 
 /// Pause after a failed claim before the next one.
 const CLAIM_ERROR_BACKOFF: Duration = Duration::from_secs(1);
@@ -134,7 +139,9 @@ impl DeliveryWorkers {
                 if self.shared.client.is_closed() {
                     break Err(err).context("queue connection closed");
                 }
-                warn!(error = %err, "claiming deliveries failed, retrying");
+                if let Some(suppressed) = CLAIM_FAILURES.admit() {
+                    warn!(error = %err, suppressed, "claiming deliveries failed, retrying");
+                }
                 tokio::time::sleep(CLAIM_ERROR_BACKOFF).await;
             }
 

@@ -22,6 +22,7 @@ use subtle::ConstantTimeEq;
 
 use super::database::{emit_ping, DatabaseError};
 use super::http::OpsState;
+use super::repeats::{Repeats, REPEAT_INTERVAL};
 use crate::config::Secret;
 use crate::queue::admin::{self as queue_admin, DeliveryFilter};
 use crate::routing::SubscriptionKey;
@@ -61,6 +62,10 @@ pub fn router() -> Router<Arc<OpsState>> {
 /// Proof that a request carried the admin token.
 struct Authorized;
 
+/// Log lines of rejected requests, which a client without the token can
+/// repeat as fast as it likes.
+static UNAUTHORIZED_REQUESTS: Repeats = Repeats::new(REPEAT_INTERVAL);
+
 #[async_trait]
 impl FromRequestParts<Arc<OpsState>> for Authorized {
     type Rejection = Response;
@@ -83,7 +88,9 @@ impl FromRequestParts<Arc<OpsState>> for Authorized {
         match presented {
             Some(presented) if token.matches(presented.trim()) => Ok(Authorized),
             _ => {
-                tracing::warn!(path = %parts.uri.path(), "admin request without a valid bearer token rejected");
+                if let Some(suppressed) = UNAUTHORIZED_REQUESTS.admit() {
+                    tracing::warn!(path = %parts.uri.path(), suppressed, "admin request without a valid bearer token rejected");
+                }
                 let mut response = error(
                     StatusCode::UNAUTHORIZED,
                     "missing or invalid bearer token: send `Authorization: Bearer` with the token of http.admin_token_file",

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admin::{self, AdminToken};
 use super::database::{queue_stats, LazyClient};
+use super::repeats::{Repeats, REPEAT_INTERVAL};
 use super::{health, metrics};
 
 /// State shared by the handlers.
@@ -89,12 +90,20 @@ pub async fn start(
     }))
 }
 
+/// Log lines of failed queue statistics, one per scrape while the queue
+/// database fails.
+static QUEUE_STATS_FAILURES: Repeats = Repeats::new(REPEAT_INTERVAL);
+
 async fn serve_metrics(State(state): State<Arc<OpsState>>) -> Response {
     match queue_stats(&state.queue, &state.schema).await {
         Ok(stats) => metrics::set_queue_stats(stats.pending, stats.oldest_pending_age),
         // The other metrics are still worth a scrape; the queue gauges keep
         // their last values.
-        Err(err) => tracing::warn!(error = %err, "queue statistics unavailable for /metrics"),
+        Err(err) => {
+            if let Some(suppressed) = QUEUE_STATS_FAILURES.admit() {
+                tracing::warn!(error = %err, suppressed, "queue statistics unavailable for /metrics");
+            }
+        }
     }
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],

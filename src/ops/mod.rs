@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod reload;
+pub mod repeats;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -15,6 +15,7 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
 use super::database::{queue_stats, LazyClient};
+use super::repeats::{Repeats, REPEAT_INTERVAL};
 use super::{health, metrics};
 
 /// Interval between two `STATUS=` lines.
@@ -141,8 +142,14 @@ async fn status_line(queue: &LazyClient, schema: &str) -> String {
     format!("{state}, lag {} bytes, {queue}", metrics::lag_bytes())
 }
 
+/// Log lines of failed notifications, one per status update while the
+/// socket fails.
+static SEND_FAILURES: Repeats = Repeats::new(REPEAT_INTERVAL);
+
 fn send(states: &[NotifyState]) {
     if let Err(err) = sd_notify::notify(states) {
-        tracing::warn!(error = %err, "sending a notification to systemd failed");
+        if let Some(suppressed) = SEND_FAILURES.admit() {
+            tracing::warn!(error = %err, suppressed, "sending a notification to systemd failed");
+        }
     }
 }
