@@ -1,7 +1,7 @@
 //! A crash between the queue commit and the status update: the stored
 //! transaction is neither lost nor stored twice after a restart.
 //!
-//! This binary holds one test because it sets `WALHOOK_FAILPOINT` in its own
+//! This binary contains one test because it sets `WALHOOK_FAILPOINT` in its own
 //! environment, which the daemon child processes inherit.
 
 mod support;

@@ -23,7 +23,7 @@ pub enum Audience {
     Subscription(SubscriptionKey),
 }
 
-/// A job's identity and tenants, as the jobs table holds them.
+/// A job's identity and tenants, as the jobs table contains them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobInfo {
     pub id: i64,
